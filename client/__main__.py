@@ -1,0 +1,5 @@
+import sys
+
+from fedlora.deploy.cli import main
+
+sys.exit(main(["client", *sys.argv[1:]]))

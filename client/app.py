@@ -1,0 +1,175 @@
+"""A client process: join, then for each planned round download, train, report, upload."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import grpc
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedlora.client.trainer import train_local
+from fedlora.client.transport import Connection, TransferFailed
+from fedlora.common.blob import pack, unpack
+from fedlora.common.codec import Chain
+from fedlora.common.config import ClientConfig
+from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
+from fedlora.common.evaluate import evaluate
+from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, select
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
+log = logging.getLogger("fedlora.client")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available")
+    return dev
+
+
+def device_profile(device: torch.device, num_examples: int) -> pb.DeviceProfile:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        name, memory = props.name, props.total_memory
+    else:
+        name = "cpu"
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return pb.DeviceProfile(accelerator=str(device), accelerator_name=name, memory_bytes=memory,
+                            threads=torch.get_num_threads(), num_examples=num_examples)
+
+
+class Client:
+    def __init__(self, cfg: ClientConfig):
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.state_dir = cfg.state_dir / cfg.client_id
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.conn = Connection(cfg.server, cfg.no_progress_timeout_s)
+        self.am: AdaptedModel | None = None
+        self._adapter_key = b""
+        self._held: tuple[str, dict[str, torch.Tensor]] | None = None  # (digest, global tensors)
+
+    # ------------------------------------------------------------------ set-up
+    def _load_data(self, spec: pb.RunSpec) -> Dataset:
+        labels = list(spec.label_names)
+        if self.cfg.data:
+            return load_data_file(Path(self.cfg.data), self.cfg.text_column, self.cfg.label_column, labels)
+        if spec.dataset != TREC or spec.partition < 0:
+            raise ValueError("data: the run has no built-in data split; pass --data FILE")
+        split = FederatedSplit.make(load_dataset(TREC), spec.num_partitions, spec.dirichlet_alpha,
+                                    spec.test_fraction, spec.seed)
+        return split.shard(spec.partition)
+
+    def _model_for(self, spec: pb.AdapterSpec) -> AdaptedModel:
+        key = spec.SerializeToString(deterministic=True)
+        if self.am is None or key != self._adapter_key:  # peft mutates the base: start from disk
+            base = load_base(self.cfg.model or self.spec.model, self.spec.num_labels, self.spec.seed)
+            self.am = AdaptedModel(base, spec).to(self.device)
+            self._adapter_key = key
+        return self.am
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        cfg = self.cfg
+        reply = self.conn.join(cfg.client_id, cfg.token, device_profile(self.device, 0),
+                               cfg.connect_timeout_s)
+        self.spec = reply.spec
+        log.info("joined %s as %s (run %s, strategy %s, partition %d)", cfg.server, cfg.client_id,
+                 self.spec.run_id, self.spec.strategy, self.spec.partition)
+        data = self._load_data(self.spec)
+        train_idx, eval_idx = split_local(len(data), cfg.local_eval_fraction, self.spec.seed)
+        self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
+        self.tokenizer = load_tokenizer(cfg.model or self.spec.model)
+        self.conn.report(0, {"num_examples": float(len(self.train_data))},
+                         device_profile(self.device, len(self.train_data)))
+        log.info("%d training and %d local evaluation examples", len(self.train_data), len(self.eval_data))
+        last = 0
+        while True:
+            try:
+                task = self.conn.task(last)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    log.warning("coordinator unavailable; retrying")
+                    time.sleep(1.0)
+                    continue
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED:  # coordinator restarted: rejoin
+                    self.conn.join(cfg.client_id, cfg.token, device_profile(self.device, len(self.train_data)),
+                                   cfg.connect_timeout_s)
+                    continue
+                raise
+            if task.kind == pb.Task.DONE:
+                log.info("run finished: %s", task.message)
+                return 0
+            if task.kind == pb.Task.WAIT:
+                continue
+            try:
+                self.play(task.plan)
+            except TransferFailed as e:
+                log.error("round %d: %s", task.round, e)
+            last = task.round
+
+    def play(self, plan: pb.Plan) -> None:
+        rnd = plan.round
+        am = self._model_for(plan.adapter)
+        t_round = time.perf_counter()
+        global_tensors, down = self._global_state(rnd, plan.global_state)
+        local_path = self.state_dir / "local.safetensors"
+        keep = set(select(am.names(), plan.keep_local)) if plan.keep_local else set()
+        am.load_state({k: v for k, v in global_tensors.items() if k not in keep})
+        if keep and local_path.is_file():
+            am.load_state({k: v for k, v in load_file(str(local_path)).items() if k in keep})
+        trained = am.set_trainable(list(plan.train), list(plan.freeze))
+        log.info("round %d: training %d tensors on %d examples", rnd, len(trained), len(self.train_data))
+        metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
+                              self.spec.seed * 100_003 + rnd, self.device)
+        if keep:
+            state = am.state()
+            save_file({k: state[k].contiguous() for k in keep}, str(local_path))
+        score = evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length, self.device)
+        state = am.state()
+        update = {n: state[n] for n in select(am.names(), plan.upload)}
+        blob = pack(update, {"fedlora.round": str(rnd), "fedlora.client": self.cfg.client_id,
+                             "fedlora.num_examples": str(len(self.train_data))},
+                    Chain.parse(list(plan.upload_codec.stages)))
+        metrics.update(local_accuracy=score.accuracy, local_loss=score.loss,
+                       num_examples=float(len(self.train_data)),
+                       client_down_payload_bytes=float(down.payload_bytes),
+                       client_down_grpc_bytes=float(down.grpc_bytes))
+        self.conn.report(rnd, metrics)
+        (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
+        up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or (1 << 20))
+        log.info("round %d: loss %.4f, local accuracy %.4f, up %d B (%d on gRPC) in %.2fs, round %.1fs",
+                 rnd, metrics["train_loss"], score.accuracy, up.payload_bytes, up.grpc_bytes,
+                 up.seconds, time.perf_counter() - t_round)
+
+    def _global_state(self, rnd: int, ref: pb.BlobRef):
+        from fedlora.client.transport import IOStats
+
+        if self._held is not None and self._held[0] == ref.digest:
+            log.info("round %d: global state %s already held; download skipped", rnd, ref.version)
+            return self._held[1], IOStats()
+        data, stats = self.conn.download(rnd, ref)
+        tensors, _meta = unpack(data)
+        self._held = (ref.digest, tensors)
+        log.info("round %d: downloaded %d B (%d on gRPC) in %.2fs", rnd, stats.payload_bytes,
+                 stats.grpc_bytes, stats.seconds)
+        return tensors, stats
+
+
+def run_client(cfg: ClientConfig) -> int:
+    client = Client(cfg)
+    try:
+        return client.run()
+    except TransferFailed as e:
+        log.error("%s", e)
+        return 2
+    finally:
+        client.conn.close()

@@ -1,0 +1,192 @@
+"""One validated configuration object per process, from a YAML/JSON file plus CLI flags.
+
+Every field has a default that gives the README demo, so ``fedlora run`` with no file works.
+Errors name the field (``training.learning_rate: Input should be greater than 0``) and are
+raised before anything starts, as :class:`ConfigError`, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedlora.common.codec import Chain
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AdapterConfig(_Strict):
+    rank: int = Field(8, ge=1, le=4096)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    modules_to_save: list[str] = Field(default_factory=lambda: ["classifier"])
+
+
+class DPConfig(_Strict):
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, ge=0)
+    clip_norm: float = Field(1.0, gt=0)
+    target_epsilon: float = Field(0.0, ge=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(1, ge=1)
+    max_steps: int = Field(30, ge=0, description="0 = run the epochs in full")
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    max_grad_norm: float = Field(1.0, ge=0)
+    dp: DPConfig = Field(default_factory=DPConfig)
+
+
+class DataConfig(_Strict):
+    dataset: str = Field("trec", description="'trec' (built-in) or a CSV/JSON/JSONL file path")
+    text_column: str = "text"
+    label_column: str = "label"
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    max_length: int = Field(48, ge=8, le=4096)
+
+
+class ClientEntry(_Strict):
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    token: str = ""
+
+
+class CodecConfig(_Strict):
+    upload: list[str] = Field(default_factory=lambda: ["zstd:3"])
+    download: list[str] = Field(default_factory=lambda: ["zstd:3"])
+
+    @field_validator("upload", "download")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        Chain.parse(v)  # raises ValueError naming the bad stage
+        return v
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    run_dir: Path = Path("runs/latest")
+    strategy: str = "fedavg-lora"
+    model: str = Field("default", description="'default' (all-MiniLM-L6-v2) or a local HF folder")
+    rounds: int = Field(5, ge=1)
+    clients: int | list[ClientEntry] = Field(4, description="a count, or ids with tokens")
+    token: str = Field("", description="shared token when `clients` is a count")
+    fraction: float = Field(1.0, gt=0, le=1)
+    min_clients: int = Field(2, ge=1)
+    deadline_s: float = Field(600.0, gt=0)
+    join_timeout_s: float = Field(600.0, gt=0)
+    round_retries: int = Field(1, ge=0)
+    seed: int = 0
+    chunk_bytes: int = Field(1 << 20, ge=1024, le=3 << 20)
+    max_upload_factor: float = Field(
+        4.0, ge=1.0, description="an upload may be at most this times its raw tensor size"
+    )
+    threads: int = Field(0, ge=0, description="torch threads for evaluation; 0 = torch default")
+    device: str = "cpu"
+    eval_batch_size: int = Field(128, ge=1)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServerConfig":
+        n = self.clients if isinstance(self.clients, int) else len(self.clients)
+        if n < 1:
+            raise ValueError("clients: at least one client is needed")
+        if self.min_clients > n:
+            raise ValueError(f"min_clients ({self.min_clients}) exceeds the number of clients ({n})")
+        if not isinstance(self.clients, int):
+            ids = [c.id for c in self.clients]
+            if len(set(ids)) != len(ids):
+                raise ValueError("clients: duplicate client id")
+        return self
+
+    def client_entries(self) -> list[ClientEntry]:
+        if isinstance(self.clients, int):
+            return [ClientEntry(id=f"client-{i}", token=self.token) for i in range(self.clients)]
+        return list(self.clients)
+
+
+class ClientConfig(_Strict):
+    server: str = "127.0.0.1:50051"
+    client_id: str = Field("client-0", pattern=r"^[A-Za-z0-9_.-]+$")
+    token: str = ""
+    model: str = Field("", description="local folder of the run's model; '' = as the run says")
+    data: str = Field("", description="this client's own CSV/JSON/JSONL; '' = its built-in shard")
+    text_column: str = "text"
+    label_column: str = "label"
+    state_dir: Path = Path("client-state")
+    threads: int = Field(0, ge=0, description="torch threads; 0 = torch default")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N'")
+    local_eval_fraction: float = Field(0.1, ge=0, lt=1)
+    no_progress_timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(120.0, gt=0)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value``; the value is parsed as YAML so numbers, lists and booleans work."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(cls: type[_Strict], path: str | Path | None, overrides: dict[str, Any]) -> Any:
+    """Reads ``path`` (YAML or JSON), applies dotted overrides, validates."""
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p}: not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: not valid YAML/JSON: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping")
+    for key, value in overrides.items():
+        if value is not None:
+            _set_path(tree, key, value)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    msgs = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        msgs.append(f"{loc}: {msg}" if loc else msg)
+    return "config error: " + "; ".join(msgs)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return json.dumps(cfg.model_dump(mode="json"), indent=2)

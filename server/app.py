@@ -1,0 +1,133 @@
+"""The coordinator process: loads the model and test data, serves gRPC, runs the rounds,
+writes the run folder (metrics, summary, final adapter)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fedlora.common.channel import grpc_options
+from fedlora.common.config import ConfigError, ServerConfig, dump_config
+from fedlora.common.data import TREC, FederatedSplit, load_dataset
+from fedlora.common.evaluate import evaluate
+from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, resolve_model_path
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
+from fedlora.server.engine import Engine
+from fedlora.server.runlog import RunLog, read_records, summarize
+from fedlora.server.service import CoordinatorService
+from fedlora.server.strategies import strategy_class
+
+log = logging.getLogger("fedlora.server")
+
+SERVICE_NAME = "fedlora.v1.Coordinator"
+
+
+def serve(cfg: ServerConfig) -> int:
+    try:
+        cls = strategy_class(cfg.strategy)
+    except ValueError as e:
+        raise ConfigError(f"config error: {e}") from None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    runlog = RunLog(cfg.run_dir)
+    (cfg.run_dir / "config.json").write_text(dump_config(cfg) + "\n")
+
+    dataset = load_dataset(cfg.data.dataset, cfg.data.text_column, cfg.data.label_column)
+    entries = cfg.client_entries()
+    if cfg.data.dataset == TREC:
+        split = FederatedSplit.make(dataset, len(entries), cfg.data.dirichlet_alpha,
+                                    cfg.data.test_fraction, cfg.seed)
+        test = split.test()
+        shard_sizes = [len(s) for s in split.shards]
+    else:  # clients bring their own data; the coordinator's file is the test set
+        test, shard_sizes = dataset, []
+    tokenizer = load_tokenizer(cfg.model)
+    model = AdaptedModel(load_base(cfg.model, len(dataset.label_names), cfg.seed),
+                         cls.adapter_spec(cfg)).to(cfg.device)
+    strategy = cls(cfg, model)
+    spec = pb.RunSpec(
+        run_id=cfg.run_dir.name, strategy=cfg.strategy, model=cfg.model,
+        num_labels=len(dataset.label_names), rounds=cfg.rounds, seed=cfg.seed,
+        num_partitions=len(entries), dirichlet_alpha=cfg.data.dirichlet_alpha,
+        test_fraction=cfg.data.test_fraction,
+        dataset=TREC if cfg.data.dataset == TREC else "", max_length=cfg.data.max_length,
+        chunk_bytes=cfg.chunk_bytes, label_names=dataset.label_names,
+        config_json=dump_config(cfg),
+    )
+    log.info("model %s, strategy %s, %d test examples, shards %s", resolve_model_path(cfg.model),
+             cfg.strategy, len(test), shard_sizes)
+
+    def score():
+        return evaluate(model.model, tokenizer, test, cfg.eval_batch_size, cfg.data.max_length,
+                        cfg.device)
+
+    engine = Engine(cfg, strategy, spec, runlog, score)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * len(entries) + 16),
+                         options=grpc_options())
+    pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise ConfigError(f"config error: port: cannot bind {cfg.host}:{cfg.port}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    address = f"{cfg.host}:{port}"
+    runlog.write_json("coordinator.json", {"address": address, "pid": os.getpid()})
+    log.info("coordinator listening on %s (run folder %s)", address, cfg.run_dir)
+
+    def on_signal(signum, _frame):
+        engine._stop(f"interrupted by signal {signal.Signals(signum).name}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    t0 = time.time()
+    code = engine.run()
+    adapter_dir = None
+    if engine.completed > 0:
+        adapter_dir = cfg.run_dir / "adapter"
+        model.save(adapter_dir)
+        tokenizer.save_pretrained(str(adapter_dir))
+        (adapter_dir / "fedlora.json").write_text(json.dumps(
+            {"base_model": str(resolve_model_path(cfg.model)), "label_names": dataset.label_names,
+             "num_labels": len(dataset.label_names), "seed": cfg.seed, "strategy": cfg.strategy},
+            indent=2) + "\n")
+    summary = summarize(read_records(runlog.metrics_path))
+    summary.update({
+        "status": "failed" if code else "complete", "error": engine.error or None,
+        "strategy": cfg.strategy, "rounds_requested": cfg.rounds, "clients": len(entries),
+        "adapter": str(adapter_dir) if adapter_dir else None,
+        "elapsed_seconds": round(time.time() - t0, 3), "label_names": dataset.label_names,
+    })
+    runlog.write_json("summary.json", summary)
+    _release_clients(engine, grace_s=10.0)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.stop(grace=2.0).wait()
+    runlog.close()
+    log.info("run %s: %s; summary in %s", "failed" if code else "complete",
+             engine.error or f"final accuracy {summary['final_accuracy']}", cfg.run_dir / "summary.json")
+    return code
+
+
+def _release_clients(engine: Engine, grace_s: float) -> None:
+    """Gives long-polling clients a moment to hear DONE before the port closes."""
+    time.sleep(min(grace_s, 1.5))
+
+
+def address_file(run_dir: Path) -> Path:
+    return run_dir / "coordinator.json"

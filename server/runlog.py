@@ -1,0 +1,90 @@
+"""The run folder: resolved config, ``metrics.jsonl`` (append-only), ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes")
+
+
+class RunLog:
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self._lock = threading.Lock()
+        self._f = self.metrics_path.open("a", encoding="utf-8")
+        self.t0 = time.time()
+
+    def write(self, record_type: str, **fields: Any) -> dict[str, Any]:
+        rec = {"type": record_type, "time": round(time.time() - self.t0, 3), **fields}
+        with self._lock:
+            self._f.write(json.dumps(rec, default=_jsonable) + "\n")
+            self._f.flush()
+        return rec
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self.dir / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, float):
+        return o
+    return str(o)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals from the metrics records: per direction and level, per client, per round."""
+    rounds = [r for r in records if r["type"] == "round" and r["round"] > 0]
+    clients = [r for r in records if r["type"] == "client"]
+    totals: dict[str, dict[str, int]] = {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")}
+    per_client: dict[str, dict[str, dict[str, int]]] = defaultdict(
+        lambda: {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")})
+    for rec in clients:
+        for d in ("up", "down"):
+            for lvl in LEVELS:
+                v = int((rec.get(d) or {}).get(lvl, 0))
+                totals[d][lvl] += v
+                per_client[rec["client"]][d][lvl] += v
+    initial = next((r for r in records if r["type"] == "round" and r["round"] == 0), {})
+    last = rounds[-1] if rounds else {}
+    return {
+        "rounds_completed": len(rounds),
+        "initial_accuracy": initial.get("test_accuracy"),
+        "final_accuracy": last.get("test_accuracy"),
+        "final_loss": last.get("test_loss"),
+        "best_accuracy": max((r["test_accuracy"] for r in rounds), default=None),
+        "accuracy_by_round": [r["test_accuracy"] for r in rounds],
+        "bytes": totals,
+        "mb_up": totals["up"]["payload_bytes"] / 1e6,
+        "mb_down": totals["down"]["payload_bytes"] / 1e6,
+        "per_client": dict(per_client),
+        "wall_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
+    }
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line being written concurrently
+    return out

@@ -1,0 +1,116 @@
+"""gRPC handlers: translate messages to engine calls and refusals to statuses, and count the
+serialized size of every message where the stream is handled."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from fedlora.common.blob import iter_chunks, sha256
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
+from fedlora.server.engine import Engine
+from fedlora.server.errors import Refused
+
+log = logging.getLogger("fedlora.server")
+
+PROTOCOL = "fedlora.v1"
+
+
+class CoordinatorService(pbg.CoordinatorServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _abort(self, context: grpc.ServicerContext, e: Refused, what: str):
+        log.warning("%s refused: %s: %s", what, e.code.name, e.message)
+        context.abort(e.code, e.message)
+
+    def Join(self, request: pb.JoinRequest, context) -> pb.JoinReply:
+        if request.protocol and request.protocol != PROTOCOL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"protocol {request.protocol!r} not supported; this coordinator speaks {PROTOCOL}")
+        try:
+            return self.engine.join(request.client_id, request.token, request.profile)
+        except Refused as e:
+            self._abort(context, e, f"join of {request.client_id!r}")
+
+    def GetTask(self, request: pb.TaskRequest, context) -> pb.Task:
+        try:
+            return self.engine.task(request.session_id, request.last_round, request.wait_seconds)
+        except Refused as e:
+            self._abort(context, e, "task")
+
+    def Download(self, request: pb.DownloadRequest, context):
+        try:
+            cid, blob = self.engine.download_blob(request.session_id, request.round)
+        except Refused as e:
+            self._abort(context, e, "download")
+            return
+        if request.offset > blob.size:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                          f"offset {request.offset} beyond the blob's {blob.size} bytes")
+        chunk = self.engine.spec.chunk_bytes
+        sent = grpc_bytes = 0
+        t0 = time.perf_counter()
+        try:
+            grpc_bytes += request.ByteSize()
+            for off, data in iter_chunks(blob.data, chunk, start=request.offset):
+                msg = pb.Chunk(offset=off, data=data, digest=sha256(data), total_size=blob.size,
+                               blob_digest=blob.digest)
+                grpc_bytes += msg.ByteSize()
+                sent += len(data)
+                yield msg
+        finally:
+            self.engine.record_download(cid, request.round, sent, grpc_bytes,
+                                        time.perf_counter() - t0)
+
+    def Upload(self, request_iterator, context) -> pb.UploadReply:
+        first = next(request_iterator, None)
+        if first is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream")
+        rnd = first.round
+        try:
+            cid, part = self.engine.upload_start(first.session_id, rnd, first.total_size,
+                                                 first.blob_digest)
+        except Refused as e:
+            self._abort(context, e, "upload")
+            return pb.UploadReply()
+        received = 0
+        grpc_bytes = 0
+        t0 = time.perf_counter()
+        try:
+            msg = first
+            while msg is not None:
+                grpc_bytes += msg.ByteSize()
+                received += len(msg.data)
+                if msg.data or msg.offset:
+                    self.engine.upload_chunk(part, msg.offset, msg.data, msg.digest)
+                msg = next(request_iterator, None)
+            if not part.complete:
+                reply = pb.UploadReply(received=part.acked, complete=False,
+                                       message=f"{part.acked} of {part.total_size} bytes held")
+            else:
+                self.engine.upload_complete(cid, rnd, part)
+                reply = pb.UploadReply(received=part.acked, complete=True, message="accepted")
+            grpc_bytes += reply.ByteSize()
+            return reply
+        except Refused as e:
+            self._abort(context, e, f"upload from {cid!r}")
+        finally:
+            self.engine.record_upload_io(cid, rnd, received, grpc_bytes, time.perf_counter() - t0)
+
+    def UploadStatus(self, request: pb.UploadStatusRequest, context) -> pb.UploadStatusReply:
+        try:
+            return self.engine.upload_status(request.session_id, request.round)
+        except Refused as e:
+            self._abort(context, e, "upload status")
+
+    def Report(self, request: pb.ReportRequest, context) -> pb.ReportReply:
+        try:
+            self.engine.report(request.session_id, request.round, dict(request.metrics),
+                               request.profile if request.HasField("profile") else None)
+        except Refused as e:
+            self._abort(context, e, "report")
+        return pb.ReportReply()

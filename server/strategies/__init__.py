@@ -1,0 +1,20 @@
+"""Strategies by name. A new method is one module here plus one line in STRATEGIES."""
+
+from __future__ import annotations
+
+from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
+from fedlora.server.strategies.fedavg import FedAvgFull, FedAvgLoRA
+
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAvgLoRA, FedAvgFull)}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(
+            f"strategy: unknown {name!r} (known: {', '.join(sorted(STRATEGIES))})"
+        ) from None
+
+
+__all__ = ["ClientInfo", "Instruction", "STRATEGIES", "Strategy", "strategy_class"]

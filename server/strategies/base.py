@@ -1,0 +1,93 @@
+"""The one interface every federated method implements.
+
+In the spirit of Flower's ``Strategy``: the round engine asks the strategy what each sampled
+client should do (:meth:`Strategy.configure`), hands it each accepted update as it arrives
+(:meth:`Strategy.fold`, streaming), and asks it to commit the round (:meth:`Strategy.aggregate`).
+The engine validates updates against :attr:`Instruction.expected` before ``fold`` sees them,
+so strategies never deal with malformed input, and knows nothing about any method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from fedlora.common.config import ServerConfig
+from fedlora.common.model import AdaptedModel
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
+TensorSpec = tuple[tuple[int, ...], torch.dtype]
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    id: str
+    partition: int
+    num_examples: int
+    profile: pb.DeviceProfile
+
+
+@dataclass
+class Instruction:
+    """What one client does in one round: the plan (data), the tensors it downloads, and the
+    exact names/shapes/dtypes its upload must contain."""
+
+    plan: pb.Plan
+    tensors: dict[str, torch.Tensor]
+    expected: dict[str, TensorSpec] = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, cfg: ServerConfig, model: AdaptedModel):
+        self.cfg = cfg
+        self.model = model  # the coordinator's evaluation model; its state is the global state
+
+    @classmethod
+    @abstractmethod
+    def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
+        """The adapter the evaluation model (and the final saved adapter) is built with."""
+
+    @abstractmethod
+    def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
+        """Plans for the round's sampled clients, keyed by client id."""
+
+    @abstractmethod
+    def fold(self, rnd: int, client: ClientInfo, update: dict[str, torch.Tensor],
+             weight: float) -> None:
+        """Folds one validated update into the round's running aggregate."""
+
+    @abstractmethod
+    def aggregate(self, rnd: int) -> dict[str, float]:
+        """Commits the round into the global state; returns metrics to log."""
+
+    @abstractmethod
+    def discard(self, rnd: int) -> None:
+        """Drops a round's partial aggregate (too few updates arrived)."""
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state()
+
+    def base_plan(self, rnd: int) -> pb.Plan:
+        """The parts of a plan every method shares: local training and the upload codec."""
+        t = self.cfg.training
+        return pb.Plan(
+            round=rnd,
+            adapter=self.adapter_spec(self.cfg),
+            training=pb.LocalTraining(
+                epochs=t.epochs, max_steps=t.max_steps, batch_size=t.batch_size,
+                learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+                optimizer=t.optimizer, max_grad_norm=t.max_grad_norm,
+                dp=pb.DifferentialPrivacy(
+                    enabled=t.dp.enabled, noise_multiplier=t.dp.noise_multiplier,
+                    clip_norm=t.dp.clip_norm, target_epsilon=t.dp.target_epsilon,
+                    delta=t.dp.delta,
+                ),
+            ),
+            upload_kind="weights",
+            upload_codec=pb.Codec(stages=self.cfg.codec.upload),
+        )

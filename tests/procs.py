@@ -1,0 +1,71 @@
+"""Starting real coordinator and client processes for the integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def cli(*args: str, log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = log.open("ab")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    p = subprocess.Popen([sys.executable, "-m", "fedlora.deploy.cli", *args], stdout=out,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    out.close()
+    return p
+
+
+def start_server(run_dir: Path, config: dict) -> tuple[subprocess.Popen, str]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "test-config.yaml"
+    cfg_path.write_text(yaml.safe_dump({"port": 0, "run_dir": str(run_dir), **config}))
+    proc = cli("server", "--config", str(cfg_path), log=run_dir / "logs" / "coordinator.log")
+    addr_file = run_dir / "coordinator.json"
+    end = time.time() + 180
+    while not addr_file.is_file():
+        if proc.poll() is not None or time.time() > end:
+            proc.kill()
+            raise RuntimeError("coordinator did not start:\n" + tail(run_dir / "logs" / "coordinator.log"))
+        time.sleep(0.1)
+    return proc, json.loads(addr_file.read_text())["address"]
+
+
+def start_client(run_dir: Path, address: str, client_id: str, token: str = "", *extra: str) -> subprocess.Popen:
+    return cli("client", "--server", address, "--id", client_id, "--token", token, "--threads", "1",
+               "--state-dir", str(run_dir / "state"), *extra, log=run_dir / "logs" / f"{client_id}.log")
+
+
+def finish(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    end = time.time() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(0.1, end - time.time())))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            codes.append(-9)
+    return codes
+
+
+def tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return f"(no {path})"
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["type"] == kind:
+            out.append(rec)
+    return out

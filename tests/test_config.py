@@ -1,0 +1,61 @@
+"""Configuration: one validated object; errors name the field, at the CLI as one line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fedlora.common.config import ConfigError, ServerConfig, load_config
+
+
+def test_defaults_are_the_demo():
+    cfg = load_config(ServerConfig, None, {})
+    assert cfg.strategy == "fedavg-lora" and cfg.model == "default" and cfg.clients == 4
+
+
+def test_bad_nested_field_is_named():
+    with pytest.raises(ConfigError, match=r"training\.learning_rate: Input should be greater than 0"):
+        load_config(ServerConfig, None, {"training.learning_rate": -1})
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(ConfigError, match=r"adapter\.rnak: Extra inputs are not permitted"):
+        load_config(ServerConfig, None, {"adapter.rnak": 4})
+
+
+def test_min_clients_above_clients_is_refused():
+    with pytest.raises(ConfigError, match="min_clients"):
+        load_config(ServerConfig, None, {"clients": 2, "min_clients": 3})
+
+
+def test_unknown_codec_stage_is_named():
+    with pytest.raises(ConfigError, match=r"codec\.upload: .*unknown codec stage 'gzip'"):
+        load_config(ServerConfig, None, {"codec.upload": ["gzip"]})
+
+
+def test_file_and_overrides_merge(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rounds: 7\ntraining:\n  batch_size: 8\n")
+    cfg = load_config(ServerConfig, f, {"training.batch_size": 16})
+    assert cfg.rounds == 7 and cfg.training.batch_size == 16
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["server", "--set", "training.learning_rate=-1"], "training.learning_rate"),
+    (["server", "--rounds", "0"], "rounds"),
+    (["server", "--strategy", "fedsgd-magic"], "strategy"),
+    (["client", "--id", "bad id!"], "client_id"),
+])
+def test_cli_bad_config_is_one_line_exit_2(argv, field):
+    p = subprocess.run([sys.executable, "-m", "fedlora.deploy.cli", *argv], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], p.stderr
+
+
+def test_every_subcommand_has_help():
+    for sub in ("server", "client", "run"):
+        p = subprocess.run([sys.executable, "-m", "fedlora.deploy.cli", sub, "--help"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and "--config" in p.stdout
