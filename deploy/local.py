@@ -51,6 +51,8 @@ class Cluster:
             self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, "--token", entry.token,
                                    "--threads", str(self.client_threads),
                                    "--state-dir", str(self.run_dir / "client-state")])
+        (self.run_dir / "cluster.json").write_text(json.dumps(
+            {"address": address, "pids": {n: p.pid for n, p in self.procs.items()}}, indent=2) + "\n")
         return address
 
     def _wait_address(self) -> str:

@@ -89,7 +89,7 @@ def serve(cfg: ServerConfig) -> int:
     log.info("coordinator listening on %s (run folder %s)", address, cfg.run_dir)
 
     def on_signal(signum, _frame):
-        engine._stop(f"interrupted by signal {signal.Signals(signum).name}")
+        engine.stop(f"interrupted by signal {signal.Signals(signum).name}")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)

@@ -314,7 +314,7 @@ class Engine:
     def _wait_for_clients(self, want: int) -> bool:
         end = time.time() + self.cfg.join_timeout_s
         with self.cond:
-            while len(self._joined()) < want:
+            while len(self._joined()) < want and not self.done:
                 left = end - time.time()
                 if left <= 0:
                     return len(self._joined()) >= self.cfg.min_clients
@@ -353,7 +353,10 @@ class Engine:
     def run(self) -> int:
         """Runs every round; returns a process exit code."""
         try:
-            if not self._wait_for_clients(len(self.clients)):
+            ready = self._wait_for_clients(len(self.clients))
+            if self.done:
+                return 1
+            if not ready:
                 return self._stop(f"only {len(self._joined())} of {self.cfg.min_clients} required "
                                   f"clients joined within {self.cfg.join_timeout_s:g}s")
             score = self.evaluate_fn()
@@ -367,6 +370,8 @@ class Engine:
                         return self._stop(f"round {rnd}: fewer than {self.cfg.min_clients} clients connected")
                     if self._play_round(rnd, attempt):
                         break
+                    if self.done:
+                        return 1
                 else:
                     return self._stop(
                         f"round {rnd}: fewer than min_clients={self.cfg.min_clients} updates arrived "
@@ -386,9 +391,13 @@ class Engine:
                        clients=sorted(r.instructions))
         log.info("round %d (attempt %d): %d clients planned", rnd, attempt + 1, len(r.instructions))
         with self.cond:
-            self.cond.wait_for(r.settled, timeout=max(0.0, r.deadline - time.time()))
+            self.cond.wait_for(lambda: r.settled() or self.done,
+                               timeout=max(0.0, r.deadline - time.time()))
             r.open = False
             accepted = dict(r.accepted)
+            if self.done:  # stopped from outside (signal): nothing is aggregated
+                self.strategy.discard(rnd)
+                return False
         missing = sorted(set(r.instructions) - set(r.accepted) - set(r.refused))
         if len(accepted) < self.cfg.min_clients:
             self.strategy.discard(rnd)
@@ -433,8 +442,14 @@ class Engine:
                 metrics=rep))
         return out
 
+    def stop(self, reason: str) -> None:
+        """Ends the run from outside (a signal): the current round is discarded."""
+        threading.Thread(target=self._stop, args=(reason,), daemon=True).start()
+
     def _stop(self, error: str) -> int:
         with self.cond:
+            if self.done:  # the first reason stands
+                return 1 if self.error else 0
             self.done = True
             self.error = error
             if self.current is not None:

@@ -1,0 +1,93 @@
+"""`fedlora run`: a local cluster of separate processes, logs per process, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from procs import records, start_client, start_server, finish, tail
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _run(tmp_path, tiny_model, *extra):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "fedlora.deploy.cli", "run", "--model", str(tiny_model),
+            "--clients", "3", "--min-clients", "2", "--run-dir", str(run_dir), "--no-live",
+            "--local-steps", "3", "--batch-size", "16", "--seed", "2", *extra]
+    return run_dir, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_run_starts_one_process_per_role_and_logs_each(tmp_path, tiny_model):
+    run_dir, p = _run(tmp_path, tiny_model, "--rounds", "2")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 2 and summary["status"] == "complete"
+    assert f"final test accuracy: {summary['final_accuracy']:.4f}" in out
+    cluster = json.loads((run_dir / "cluster.json").read_text())
+    assert len(set(cluster["pids"].values())) == 4  # coordinator + 3 clients, all distinct
+    for name in cluster["pids"]:
+        assert (run_dir / "logs" / f"{name}.log").stat().st_size > 0
+    assert not any(_alive(pid) for pid in cluster["pids"].values())
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_interrupt_stops_every_process(tmp_path, tiny_model):
+    run_dir, p = _run(tmp_path, tiny_model, "--rounds", "50")
+    end = time.time() + 300
+    while not any(r["round"] >= 1 for r in _rounds(run_dir)):
+        assert p.poll() is None and time.time() < end, p.stdout.read() if p.poll() is not None else "timeout"
+        time.sleep(0.5)
+    pids = json.loads((run_dir / "cluster.json").read_text())["pids"]
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    time.sleep(0.5)
+    assert not any(_alive(pid) for pid in pids.values())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "interrupted" in summary["error"]
+
+
+def _rounds(run_dir):
+    try:
+        return [r for r in records(run_dir, "round") if r["round"] > 0]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("small") / "model", hidden=256, layers=2)
+
+
+def test_full_fedavg_moves_updates_larger_than_grpc_message_limit(tmp_path, small_model):
+    """Every weight travels (about 6 MB, uncompressed) in 1 MiB chunks: no 4 MiB limit applies."""
+    run_dir = tmp_path / "run"
+    server, address = start_server(run_dir, {
+        "model": str(small_model), "strategy": "fedavg", "rounds": 1, "clients": 2,
+        "min_clients": 2, "training": {"max_steps": 2, "batch_size": 8},
+        "codec": {"upload": [], "download": []}})
+    clients = [start_client(run_dir, address, f"client-{i}") for i in range(2)]
+    codes = finish([server, *clients], timeout=600)
+    assert codes == [0, 0, 0], tail(run_dir / "logs" / "coordinator.log")
+    for rec in records(run_dir, "client"):
+        assert rec["status"] == "accepted"
+        assert rec["up"]["payload_bytes"] > 4 * 2**20 and rec["down"]["payload_bytes"] > 4 * 2**20

@@ -1,0 +1,67 @@
+"""The adapted model both ends build from a plan: names, trainable set, state loading."""
+
+import pytest
+import torch
+
+from fedlora.common.config import AdapterConfig
+from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_base
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
+
+@pytest.fixture
+def lora(tiny_model):
+    return AdaptedModel(load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0))
+
+
+def test_state_names_are_peft_adapter_names(lora):
+    from peft import get_peft_model_state_dict
+
+    assert set(lora.names()) == set(get_peft_model_state_dict(lora.model))
+    assert any(n.endswith("lora_A.weight") for n in lora.names())
+    assert "base_model.model.classifier.weight" in lora.names()
+
+
+def test_same_seed_builds_identical_models(tiny_model, lora):
+    other = AdaptedModel(load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0))
+    a, b = lora.state(), other.state()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_set_trainable_follows_train_and_freeze(lora):
+    chosen = lora.set_trainable([".*"], ["lora_A"])
+    trainable = {n for n, p in lora.model.named_parameters() if p.requires_grad}
+    assert len(trainable) == len(chosen) and not any("lora_A" in n for n in chosen)
+    assert any("lora_B" in n for n in chosen)
+
+
+def test_load_state_refuses_unknown_names_and_shapes(lora):
+    name = lora.names()[0]
+    with pytest.raises(KeyError, match="not part of this adapter"):
+        lora.load_state({"nope": torch.zeros(1)})
+    with pytest.raises(ValueError, match="shape"):
+        lora.load_state({name: torch.zeros(3, 3, 3)})
+
+
+def test_load_state_changes_the_model(lora):
+    name = [n for n in lora.names() if "lora_B" in n][0]
+    new = torch.full_like(lora.state()[name], 0.5)
+    lora.load_state({name: new})
+    assert torch.equal(lora.state()[name], new)
+
+
+def test_full_finetuning_ships_every_parameter(tiny_model):
+    base = load_base(str(tiny_model), 6, 0)
+    n = len(list(base.named_parameters()))
+    full = AdaptedModel(base, pb.AdapterSpec(kind="none"))
+    assert len(full.names()) == n
+
+
+def test_per_module_ranks_override_the_default(tiny_model):
+    spec = adapter_spec_from_config(AdapterConfig(rank=4), 0)
+    spec.ranks["bert.encoder.layer.1.attention.self.query"] = 2
+    spec.ranks["bert.encoder.layer.0.attention.self.value"] = 6
+    am = AdaptedModel(load_base(str(tiny_model), 6, 0), spec)
+    shapes = {n: s for n, (s, _) in am.shapes().items()}
+    assert shapes["base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.weight"][0] == 2
+    assert shapes["base_model.model.bert.encoder.layer.0.attention.self.value.lora_A.weight"][0] == 6
+    assert not any("layer.0.attention.self.query" in n for n in shapes)  # absent from ranks: no adapter
