@@ -19,6 +19,7 @@ from fedlora.common.config import ClientConfig
 from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
 from fedlora.common.evaluate import evaluate
 from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, select
+from fedlora.common.netstat import InterfaceMeter
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 log = logging.getLogger("fedlora.client")
@@ -53,9 +54,11 @@ class Client:
         self.state_dir = cfg.state_dir / cfg.client_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.conn = Connection(cfg.server, cfg.no_progress_timeout_s)
+        self.meter = InterfaceMeter(cfg.server)
         self.am: AdaptedModel | None = None
         self._adapter_key = b""
         self._held: tuple[str, dict[str, torch.Tensor]] | None = None  # (digest, global tensors)
+        self._chains: dict[tuple[str, ...], Chain] = {}
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, spec: pb.RunSpec) -> Dataset:
@@ -88,8 +91,14 @@ class Client:
         train_idx, eval_idx = split_local(len(data), cfg.local_eval_fraction, self.spec.seed)
         self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
         self.tokenizer = load_tokenizer(cfg.model or self.spec.model)
-        self.conn.report(0, {"num_examples": float(len(self.train_data))},
-                         device_profile(self.device, len(self.train_data)))
+        profile = device_profile(self.device, len(self.train_data))
+        if cfg.probe_bytes:
+            up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or (1 << 20))
+            profile.upload_bytes_per_second, profile.download_bytes_per_second = up, down
+            log.info("link probe: up %.2f Mbit/s, down %.2f Mbit/s", up * 8e-6, down * 8e-6)
+        log.info("interface bytes: %s", self.meter.interface if self.meter.available else
+                 f"not available ({self.meter.reason})")
+        self.conn.report(0, {"num_examples": float(len(self.train_data))}, profile)
         log.info("%d training and %d local evaluation examples", len(self.train_data), len(self.eval_data))
         last = 0
         while True:
@@ -136,19 +145,38 @@ class Client:
         score = evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length, self.device)
         state = am.state()
         update = {n: state[n] for n in select(am.names(), plan.upload)}
+        if plan.upload_kind == "delta":
+            update = {n: t - global_tensors[n].to(t.dtype) for n, t in update.items()}
         blob = pack(update, {"fedlora.round": str(rnd), "fedlora.client": self.cfg.client_id,
-                             "fedlora.num_examples": str(len(self.train_data))},
-                    Chain.parse(list(plan.upload_codec.stages)))
+                             "fedlora.num_examples": str(len(self.train_data)),
+                             "fedlora.upload_kind": plan.upload_kind or "weights"},
+                    self._upload_chain(plan.upload_codec))
+        (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
+        before = self.meter.read()
+        up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or (1 << 20))
+        iface_up = self.meter.delta(before, self.meter.read())
         metrics.update(local_accuracy=score.accuracy, local_loss=score.loss,
                        num_examples=float(len(self.train_data)),
                        client_down_payload_bytes=float(down.payload_bytes),
-                       client_down_grpc_bytes=float(down.grpc_bytes))
+                       client_down_grpc_bytes=float(down.grpc_bytes),
+                       client_up_payload_bytes=float(up.payload_bytes),
+                       client_up_grpc_bytes=float(up.grpc_bytes),
+                       round_seconds=time.perf_counter() - t_round)
+        for key, c in (("down", down.iface), ("up", iface_up)):
+            if c is not None:
+                metrics[f"iface_{key}_rx_bytes"], metrics[f"iface_{key}_tx_bytes"] = float(c.rx), float(c.tx)
         self.conn.report(rnd, metrics)
-        (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
-        up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or (1 << 20))
         log.info("round %d: loss %.4f, local accuracy %.4f, up %d B (%d on gRPC) in %.2fs, round %.1fs",
                  rnd, metrics["train_loss"], score.accuracy, up.payload_bytes, up.grpc_bytes,
                  up.seconds, time.perf_counter() - t_round)
+
+    def _upload_chain(self, codec: pb.Codec) -> Chain:
+        """One chain object per codec spec for the whole run: stateful stages (top-k's error
+        feedback residual) carry over from round to round."""
+        key = tuple(codec.stages)
+        if key not in self._chains:
+            self._chains[key] = Chain.parse(list(key))
+        return self._chains[key]
 
     def _global_state(self, rnd: int, ref: pb.BlobRef):
         from fedlora.client.transport import IOStats
@@ -156,7 +184,9 @@ class Client:
         if self._held is not None and self._held[0] == ref.digest:
             log.info("round %d: global state %s already held; download skipped", rnd, ref.version)
             return self._held[1], IOStats()
+        before = self.meter.read()
         data, stats = self.conn.download(rnd, ref)
+        stats.iface = self.meter.delta(before, self.meter.read())
         tensors, _meta = unpack(data)
         self._held = (ref.digest, tensors)
         log.info("round %d: downloaded %d B (%d on gRPC) in %.2fs", rnd, stats.payload_bytes,

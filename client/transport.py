@@ -8,6 +8,7 @@ a dead link is not. Refusals that retrying cannot fix (the plan says no) end the
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import grpc
 
 from fedlora.common.blob import Blob, iter_chunks, sha256
 from fedlora.common.channel import grpc_options
+from fedlora.common.netstat import Counters
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 
@@ -37,6 +39,7 @@ class IOStats:
     payload_bytes: int = 0
     grpc_bytes: int = 0
     seconds: float = 0.0
+    iface: Counters | None = None  # interface counter deltas over the transfer, when measurable
 
 
 class Connection:
@@ -76,6 +79,26 @@ class Connection:
         if profile is not None:
             req.profile.CopyFrom(profile)
         self.stub.Report(req, timeout=60)
+
+    # ------------------------------------------------------------------ link probe
+    def probe(self, size: int, chunk_bytes: int) -> tuple[float, float]:
+        """(upload, download) bytes per second over a timed transfer of ``size`` bytes each way,
+        with the same chunk messages the real transfers use."""
+        block = os.urandom(min(size, chunk_bytes))
+
+        def chunks():
+            for off in range(0, size, chunk_bytes):
+                data = block[: min(chunk_bytes, size - off)]
+                yield pb.UploadChunk(session_id=self.session, offset=off, data=data)
+
+        t0 = time.perf_counter()
+        reply = self.stub.ProbeUpload(chunks(), timeout=600)
+        up = reply.received / max(time.perf_counter() - t0, 1e-9)
+        t0 = time.perf_counter()
+        got = sum(len(c.data) for c in self.stub.ProbeDownload(
+            pb.ProbeRequest(session_id=self.session, size=size), timeout=600))
+        down = got / max(time.perf_counter() - t0, 1e-9)
+        return up, down
 
     # ------------------------------------------------------------------ download
     def download(self, rnd: int, ref: pb.BlobRef) -> tuple[bytes, IOStats]:

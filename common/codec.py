@@ -59,13 +59,19 @@ def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torc
 
 
 class Stage(ABC):
-    """One step of a codec chain. ``lossless`` stages must round-trip bit-exactly."""
+    """One step of a codec chain. ``lossless`` stages round-trip bit-exactly; lossy ones
+    document their error bound in their docstring and have a test of it.
+
+    A stage sees each tensor with its name (so stateful stages, such as top-k with error
+    feedback, keep per-tensor state) and returns the parts that replace it. Stages apply to
+    floating-point tensors; other dtypes (indices, codes) pass through the lossy ones untouched.
+    """
 
     name: ClassVar[str]
     lossless: ClassVar[bool]
 
     @abstractmethod
-    def encode(self, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
+    def encode(self, name: str, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
         """Returns the parts that replace ``t`` and the info :meth:`decode` needs."""
 
     @abstractmethod
@@ -74,12 +80,18 @@ class Stage(ABC):
     def spec(self) -> str:
         return self.name
 
+    @classmethod
+    def from_arg(cls, arg: str) -> "Stage":
+        if arg:
+            raise ValueError(f"codec stage {cls.name!r} takes no argument")
+        return cls()
+
 
 class Identity(Stage):
     name = "identity"
     lossless = True
 
-    def encode(self, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
+    def encode(self, name: str, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
         return {"": t}, {}
 
     def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
@@ -98,10 +110,14 @@ class Zstd(Stage):
         if not 1 <= self.level <= 22:
             raise ValueError(f"zstd level must be in 1..22, got {self.level}")
 
+    @classmethod
+    def from_arg(cls, arg: str) -> "Zstd":
+        return cls(int(arg)) if arg else cls()
+
     def spec(self) -> str:
         return f"zstd:{self.level}"
 
-    def encode(self, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
+    def encode(self, name: str, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
         packed = zstandard.ZstdCompressor(level=self.level).compress(tensor_to_bytes(t))
         arr = torch.from_numpy(np.frombuffer(packed, dtype=np.uint8).copy())
         return {"": arr}, {"dtype": dtype_name(t.dtype), "shape": list(t.shape)}
@@ -111,22 +127,170 @@ class Zstd(Stage):
         return tensor_from_bytes(raw, dtype_from_name(info["dtype"]), info["shape"])
 
 
-STAGES: dict[str, type[Stage]] = {"identity": Identity, "zstd": Zstd}
+@dataclass
+class Cast(Stage):
+    """Casts floating-point tensors to fp16 or bf16 and back.
+
+    Error bound, per element, for |x| within the target's normal range: relative error at most
+    2^-11 (fp16) or 2^-8 (bf16), i.e. half a unit in the last place. fp16 saturates: values
+    beyond +-65504 are clamped to +-65504 rather than becoming Inf.
+    """
+
+    target: str = "fp16"
+    name: ClassVar[str] = "cast"
+    lossless: ClassVar[bool] = False
+    TARGETS: ClassVar[dict[str, torch.dtype]] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+    def __post_init__(self) -> None:
+        if self.target not in self.TARGETS:
+            raise ValueError(f"cast target must be fp16 or bf16, got {self.target!r}")
+
+    @classmethod
+    def from_arg(cls, arg: str) -> "Cast":
+        return cls(arg or "fp16")
+
+    def spec(self) -> str:
+        return self.target  # written as "fp16" / "bf16"
+
+    def encode(self, name: str, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
+        dtype = self.TARGETS[self.target]
+        if not t.is_floating_point() or t.dtype == dtype:
+            return {"": t}, {}
+        if dtype == torch.float16:
+            t = t.clamp(-65504.0, 65504.0)
+        return {"": t.to(dtype)}, {"dtype": dtype_name(t.dtype)}
+
+    def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
+        t = parts[""]
+        return t.to(dtype_from_name(info["dtype"])) if "dtype" in info else t
+
+
+@dataclass
+class Int8(Stage):
+    """Blockwise absmax int8: each block of ``block`` values is scaled by absmax/127.
+
+    Error bound: |x - decode(encode(x))| <= absmax(block) / 254 per element (half a step),
+    plus the rounding of the fp32 scale. Zero blocks decode to exact zeros.
+    """
+
+    block: int = 256
+    name: ClassVar[str] = "int8"
+    lossless: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.block <= 1 << 20:
+            raise ValueError(f"int8 block size must be in 1..1048576, got {self.block}")
+
+    @classmethod
+    def from_arg(cls, arg: str) -> "Int8":
+        return cls(int(arg)) if arg else cls()
+
+    def spec(self) -> str:
+        return f"int8:{self.block}"
+
+    def encode(self, name: str, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
+        if not t.is_floating_point():
+            return {"": t}, {}
+        flat = t.detach().reshape(-1).to(torch.float32)
+        n = flat.numel()
+        pad = (-n) % self.block
+        blocks = torch.nn.functional.pad(flat, (0, pad)).reshape(-1, self.block)
+        scale = blocks.abs().amax(dim=1) / 127.0
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = torch.round(blocks / safe[:, None]).clamp_(-127, 127).to(torch.int8)
+        return ({"q": q.reshape(-1)[:n].contiguous(), "scale": scale},
+                {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "block": self.block})
+
+    def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
+        if "block" not in info:
+            return parts[""]
+        q, scale, block = parts["q"], parts["scale"], int(info["block"])
+        n = q.numel()
+        pad = (-n) % block
+        blocks = torch.nn.functional.pad(q.to(torch.float32), (0, pad)).reshape(-1, block)
+        out = (blocks * scale.to(torch.float32)[:, None]).reshape(-1)[:n]
+        return out.reshape(info["shape"]).to(dtype_from_name(info["dtype"]))
+
+
+@dataclass
+class TopK(Stage):
+    """Keeps the k largest-magnitude entries of each tensor (k = ``fraction`` x numel, at least 1).
+
+    With error feedback (on by default; the client's chain object lives across rounds), what a
+    round leaves out is added to the same tensor next round, so nothing is lost, only delayed:
+    sum of sent = sum of inputs - final residual, exactly. Error bound of one encode: every
+    dropped entry is at most the k-th largest magnitude; kept entries are exact.
+    """
+
+    fraction: float = 0.1
+    error_feedback: bool = True
+    name: ClassVar[str] = "topk"
+    lossless: ClassVar[bool] = False
+    residual: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"topk fraction must be in (0, 1], got {self.fraction}")
+
+    @classmethod
+    def from_arg(cls, arg: str) -> "TopK":
+        return cls(float(arg)) if arg else cls()
+
+    def spec(self) -> str:
+        return f"topk:{self.fraction:g}"
+
+    def encode(self, name: str, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
+        if not t.is_floating_point() or t.numel() == 0:
+            return {"": t}, {}
+        x = t.detach().reshape(-1).to(torch.float32)
+        if self.error_feedback and name in self.residual and self.residual[name].numel() == x.numel():
+            x = x + self.residual[name]
+        k = max(1, int(round(self.fraction * x.numel())))
+        idx = torch.topk(x.abs(), k, sorted=False).indices
+        idx = torch.sort(idx).values
+        values = x[idx]
+        if self.error_feedback:
+            rest = x.clone()
+            rest[idx] = 0.0
+            self.residual[name] = rest
+        index_dtype = torch.int32 if x.numel() < 2**31 else torch.int64
+        return ({"idx": idx.to(index_dtype), "val": values.to(t.dtype)},
+                {"dtype": dtype_name(t.dtype), "shape": list(t.shape)})
+
+    def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
+        if "shape" not in info:
+            return parts[""]
+        dtype = dtype_from_name(info["dtype"])
+        n = 1
+        for d in info["shape"]:
+            n *= int(d)
+        idx = parts["idx"].to(torch.int64)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ValueError(f"topk index out of range for {n} elements")
+        out = torch.zeros(n, dtype=dtype)
+        out[idx] = parts["val"].to(dtype)
+        return out.reshape(info["shape"])
+
+
+STAGES: dict[str, type[Stage]] = {
+    "identity": Identity, "zstd": Zstd, "int8": Int8, "topk": TopK, "fp16": Cast, "bf16": Cast,
+}
 
 
 def parse_stage(spec: str) -> Stage:
+    """``zstd:9``, ``int8:128``, ``topk:0.1``, ``fp16``, ``bf16``, ``identity``."""
     name, _, arg = spec.partition(":")
     cls = STAGES.get(name)
     if cls is None:
         raise ValueError(f"unknown codec stage {spec!r} (known: {', '.join(sorted(STAGES))})")
-    if cls is Zstd:
-        try:
-            return Zstd(int(arg)) if arg else Zstd()
-        except ValueError as e:
-            raise ValueError(f"bad codec stage {spec!r}: {e}") from None
-    if arg:
-        raise ValueError(f"codec stage {name!r} takes no argument, got {spec!r}")
-    return cls()
+    if cls is Cast:
+        if arg:
+            raise ValueError(f"codec stage {name!r} takes no argument, got {spec!r}")
+        return Cast(name)
+    try:
+        return cls.from_arg(arg)
+    except ValueError as e:
+        raise ValueError(f"bad codec stage {spec!r}: {e}") from None
 
 
 @dataclass
@@ -150,7 +314,7 @@ class Chain:
             nxt: Parts = {}
             layer: dict[str, Any] = {}
             for name, t in current.items():
-                parts, info = stage.encode(t)
+                parts, info = stage.encode(name, t)
                 names = {key: (name if key == "" else f"{name}::{key}") for key in parts}
                 for key, t_part in parts.items():
                     nxt[names[key]] = t_part

@@ -69,11 +69,19 @@ class ClientEntry(_Strict):
 class CodecConfig(_Strict):
     upload: list[str] = Field(default_factory=lambda: ["zstd:3"])
     download: list[str] = Field(default_factory=lambda: ["zstd:3"])
+    upload_delta: bool = Field(True, description="clients send update - global where the strategy allows")
 
     @field_validator("upload", "download")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         Chain.parse(v)  # raises ValueError naming the bad stage
+        return v
+
+    @field_validator("download")
+    @classmethod
+    def _no_topk_down(cls, v: list[str]) -> list[str]:
+        if any(s.split(":")[0] == "topk" for s in v):
+            raise ValueError("topk needs error feedback, which only the uploading client keeps")
         return v
 
 
@@ -137,6 +145,8 @@ class ClientConfig(_Strict):
     local_eval_fraction: float = Field(0.1, ge=0, lt=1)
     no_progress_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(120.0, gt=0)
+    probe_bytes: int = Field(256 << 10, ge=0, le=256 << 20,
+                             description="link probe size each way at join; 0 = no probe")
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -94,6 +94,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--client-threads", type=int, default=0,
                    help="torch threads per client (0 = cores / clients)")
     r.add_argument("--no-live", action="store_true", help="print lines instead of a live table")
+    r.add_argument("--cluster", choices=["local", "netns"], default="local",
+                   help="local: all on 127.0.0.1; netns: one network namespace per host with "
+                        "shaped links (root; needs --spec)")
+    r.add_argument("--spec", help="cluster spec for --cluster netns (see deploy/clusters/)")
     return p
 
 
@@ -122,6 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         ov = _overrides(args, SERVER_FLAGS)
         if args.clients is not None:
             ov["clients"] = args.clients
+        topology = None
+        if args.cluster == "netns":
+            from fedlora.deploy.netns import Netns, load_spec, require_root
+
+            if not args.spec:
+                raise ConfigError("config error: --spec: --cluster netns needs a cluster spec file")
+            spec = load_spec(args.spec)
+            require_root()
+            ov["clients"] = [{"id": c.id, "token": ov.get("token", "")} for c in spec.clients]
+            ov.pop("token", None)
+            topology = Netns(spec)
         ov.setdefault("port", 0)
         if "run_dir" not in ov:
             import time
@@ -130,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ServerConfig, args.config, ov)
         from fedlora.deploy.local import run_local
 
-        return run_local(cfg, client_threads=args.client_threads, live=not args.no_live)
+        return run_local(cfg, client_threads=args.client_threads, live=not args.no_live,
+                         topology=topology)
     except ConfigError as e:
         print(f"fedlora {args.command}: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, PermissionError) as e:
         print(f"fedlora {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -21,9 +21,31 @@ from fedlora.deploy.live import LiveTable
 COORDINATOR_START_TIMEOUT_S = 300.0
 
 
+class Loopback:
+    """Every process on 127.0.0.1 of this host: the default topology."""
+
+    coordinator_host = "127.0.0.1"
+
+    def setup(self) -> None: ...
+
+    def teardown(self) -> None: ...
+
+    def wrap(self, name: str, argv: list[str]) -> list[str]:
+        return argv
+
+    def limit_cpu(self, name: str, pid: int) -> None: ...
+
+    def threads(self, name: str) -> int:
+        return 0
+
+    def describe(self) -> dict:
+        return {"topology": "loopback"}
+
+
 class Cluster:
-    def __init__(self, cfg: ServerConfig, client_threads: int):
+    def __init__(self, cfg: ServerConfig, client_threads: int, topology=None):
         self.cfg = cfg
+        self.topology = topology or Loopback()
         self.run_dir = cfg.run_dir.resolve()
         self.logs = self.run_dir / "logs"
         self.client_threads = client_threads or max(1, (os.cpu_count() or 1) // len(cfg.client_entries()))
@@ -33,10 +55,12 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         out = (self.logs / f"{name}.log").open("ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-        proc = subprocess.Popen([sys.executable, "-m", "fedlora.deploy.cli", *args], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        argv = self.topology.wrap(name, [sys.executable, "-m", "fedlora.deploy.cli", *args])
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env)
         out.close()
         self.procs[name] = proc
+        self.topology.limit_cpu(name, proc.pid)
         return proc
 
     def start(self) -> str:
@@ -45,14 +69,18 @@ class Cluster:
             (self.run_dir / stale).unlink(missing_ok=True)
         cfg_path = self.run_dir / "server-config.json"
         cfg_path.write_text(dump_config(self.cfg) + "\n")
-        self._spawn("coordinator", ["server", "--config", str(cfg_path), "--run-dir", str(self.run_dir)])
+        self.topology.setup()
+        self._spawn("coordinator", ["server", "--config", str(cfg_path), "--run-dir", str(self.run_dir),
+                                    "--host", self.topology.coordinator_host])
         address = self._wait_address()
         for entry in self.cfg.client_entries():
+            threads = self.topology.threads(entry.id) or self.client_threads
             self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, "--token", entry.token,
-                                   "--threads", str(self.client_threads),
+                                   "--threads", str(threads),
                                    "--state-dir", str(self.run_dir / "client-state")])
         (self.run_dir / "cluster.json").write_text(json.dumps(
-            {"address": address, "pids": {n: p.pid for n, p in self.procs.items()}}, indent=2) + "\n")
+            {"address": address, "pids": {n: p.pid for n, p in self.procs.items()},
+             **self.topology.describe()}, indent=2) + "\n")
         return address
 
     def _wait_address(self) -> str:
@@ -93,6 +121,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        self.topology.teardown()
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -102,8 +131,8 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run_local(cfg: ServerConfig, client_threads: int = 0, live: bool = True) -> int:
-    cluster = Cluster(cfg, client_threads)
+def run_local(cfg: ServerConfig, client_threads: int = 0, live: bool = True, topology=None) -> int:
+    cluster = Cluster(cfg, client_threads, topology)
     table = LiveTable(cluster.run_dir, enabled=live)
     code = 1
     try:
@@ -114,7 +143,7 @@ def run_local(cfg: ServerConfig, client_threads: int = 0, live: bool = True) -> 
     except KeyboardInterrupt:
         print("interrupted: stopping the cluster", file=sys.stderr)
         code = 130
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
         print(f"fedlora run: {e}", file=sys.stderr)
         code = 1
     finally:

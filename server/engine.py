@@ -82,7 +82,9 @@ class Round:
     reports: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def settled(self) -> bool:
-        return all(c in self.accepted or c in self.refused for c in self.instructions)
+        """Every planned client is done: refused, or accepted and its report is in."""
+        return all(c in self.refused or (c in self.accepted and c in self.reports)
+                   for c in self.instructions)
 
 
 class Engine:
@@ -133,6 +135,10 @@ class Engine:
             raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                           "unknown or expired session: join again")
         return self.clients[cid]
+
+    def check_session(self, session: str) -> str:
+        with self.cond:
+            return self._client(session).entry.id
 
     def task(self, session: str, last_round: int, wait_s: float) -> pb.Task:
         end = time.time() + max(0.0, min(wait_s, 60.0))
@@ -262,6 +268,8 @@ class Engine:
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
                               "blob header lacks a positive fedlora.num_examples")
             validate_update(tensors, inst.expected)
+            if inst.plan.upload_kind == "delta":
+                tensors = apply_delta(inst.tensors, tensors)
         except BlobError as e:
             self._refuse(cid, rnd, grpc.StatusCode.INVALID_ARGUMENT, f"undecodable update: {e}")
         except Refused as e:
@@ -300,10 +308,12 @@ class Engine:
             st = self._client(session)
             if profile is not None and profile.ByteSize() > 0:
                 st.profile = profile
+                self.log.write("profile", round=rnd, client=st.entry.id, profile=_profile_dict(profile))
                 self.cond.notify_all()
             r = self.current
             if r is not None and r.number == rnd and st.entry.id in r.instructions:
                 r.reports[st.entry.id] = dict(metrics)
+                self.cond.notify_all()
 
     # ----------------------------------------------------------------- the round loop
     def _joined(self) -> list[ClientState]:
@@ -434,10 +444,13 @@ class Engine:
             status = ("accepted" if cid in r.accepted else "refused" if cid in r.refused
                       else "missing")
             rep = r.reports.get(cid, {})
+            up, down = r.up.get(cid, Transfer()).as_dict(), r.down.get(cid, Transfer()).as_dict()
+            # the client's own interface counters: tx while uploading, rx while downloading
+            up["iface_bytes"] = _int_or_none(rep.get("iface_up_tx_bytes"))
+            down["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
             out.append(self.log.write(
                 "client", round=r.number, attempt=r.attempt, client=cid, status=status,
-                reason=r.refused.get(cid), weight=r.accepted.get(cid),
-                up=r.up.get(cid, Transfer()).as_dict(), down=r.down.get(cid, Transfer()).as_dict(),
+                reason=r.refused.get(cid), weight=r.accepted.get(cid), up=up, down=down,
                 train_loss=rep.get("train_loss"), local_accuracy=rep.get("local_accuracy"),
                 metrics=rep))
         return out
@@ -458,6 +471,24 @@ class Engine:
         if error:
             log.error("%s", error)
         return 1 if error else 0
+
+
+def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights from a delta upload: the round's global tensors plus the client's difference."""
+    missing = sorted(set(delta) - set(base))
+    if missing:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"delta for {missing[0]!r}, which the round's global state does not hold")
+    out = {}
+    for name, d in delta.items():
+        out[name] = (base[name].to(torch.float64) + d.to(torch.float64)).to(base[name].dtype)
+        if not bool(torch.isfinite(out[name]).all()):
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")
+    return out
+
+
+def _int_or_none(v: float | None) -> int | None:
+    return None if v is None or v < 0 else int(v)
 
 
 def _profile_dict(p: pb.DeviceProfile) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes")
+LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes", "iface_bytes")
 
 
 class RunLog:
@@ -52,15 +52,21 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals from the metrics records: per direction and level, per client, per round."""
     rounds = [r for r in records if r["type"] == "round" and r["round"] > 0]
     clients = [r for r in records if r["type"] == "client"]
-    totals: dict[str, dict[str, int]] = {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")}
-    per_client: dict[str, dict[str, dict[str, int]]] = defaultdict(
+    totals: dict[str, dict[str, int | None]] = {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")}
+    per_client: dict[str, dict[str, dict[str, int | None]]] = defaultdict(
         lambda: {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")})
     for rec in clients:
         for d in ("up", "down"):
             for lvl in LEVELS:
-                v = int((rec.get(d) or {}).get(lvl, 0))
-                totals[d][lvl] += v
-                per_client[rec["client"]][d][lvl] += v
+                v = (rec.get(d) or {}).get(lvl)
+                if v is None:  # a level not measured (interface bytes on shared loopback)
+                    if lvl == "iface_bytes" and rec.get("status") == "accepted":
+                        totals[d][lvl] = per_client[rec["client"]][d][lvl] = None
+                    continue
+                if totals[d][lvl] is not None:
+                    totals[d][lvl] += int(v)
+                if per_client[rec["client"]][d][lvl] is not None:
+                    per_client[rec["client"]][d][lvl] += int(v)
     initial = next((r for r in records if r["type"] == "round" and r["round"] == 0), {})
     last = rounds[-1] if rounds else {}
     return {
@@ -73,6 +79,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "bytes": totals,
         "mb_up": totals["up"]["payload_bytes"] / 1e6,
         "mb_down": totals["down"]["payload_bytes"] / 1e6,
+        "wire_overhead": {d: (round(totals[d]["iface_bytes"] / totals[d]["payload_bytes"], 4)
+                              if totals[d]["iface_bytes"] and totals[d]["payload_bytes"] else None)
+                          for d in ("up", "down")},
         "per_client": dict(per_client),
         "wall_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
     }

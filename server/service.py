@@ -4,6 +4,7 @@ serialized size of every message where the stream is handled."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import grpc
@@ -17,6 +18,10 @@ from fedlora.server.errors import Refused
 log = logging.getLogger("fedlora.server")
 
 PROTOCOL = "fedlora.v1"
+
+
+PROBE_MAX_BYTES = 256 << 20
+_PROBE_BLOCK = os.urandom(3 << 20)  # incompressible, reused: probes measure the link, not a codec
 
 
 class CoordinatorService(pbg.CoordinatorServicer):
@@ -114,3 +119,36 @@ class CoordinatorService(pbg.CoordinatorServicer):
         except Refused as e:
             self._abort(context, e, "report")
         return pb.ReportReply()
+
+    def ProbeUpload(self, request_iterator, context) -> pb.ProbeReply:
+        received, t0, t1 = 0, None, None
+        session_checked = False
+        for msg in request_iterator:
+            if not session_checked:
+                try:
+                    self.engine.check_session(msg.session_id)
+                except Refused as e:
+                    self._abort(context, e, "probe")
+                session_checked = True
+            now = time.perf_counter()
+            t0 = now if t0 is None else t0
+            t1 = now
+            received += len(msg.data)
+            if received > PROBE_MAX_BYTES:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"probe larger than {PROBE_MAX_BYTES} bytes")
+        return pb.ProbeReply(received=received, seconds=(t1 - t0) if t0 is not None else 0.0)
+
+    def ProbeDownload(self, request: pb.ProbeRequest, context):
+        try:
+            self.engine.check_session(request.session_id)
+        except Refused as e:
+            self._abort(context, e, "probe")
+        if request.size > PROBE_MAX_BYTES:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"probe larger than {PROBE_MAX_BYTES} bytes")
+        chunk = self.engine.spec.chunk_bytes
+        sent = 0
+        while sent < request.size:
+            n = min(chunk, request.size - sent)
+            yield pb.Chunk(offset=sent, data=_PROBE_BLOCK[:n], total_size=request.size)
+            sent += n

@@ -64,3 +64,83 @@ def test_garbage_blob_is_a_blob_error():
         unpack(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(BlobError):
         unpack(b"abc")
+
+
+floats = st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, dtype=floats, seed=st.integers(0, 2**16), block=st.sampled_from([1, 7, 64, 256]))
+def test_int8_error_is_at_most_half_a_step_per_block(shape, dtype, seed, block):
+    t = _random(shape, dtype, seed) * 3
+    out, meta, _ = Chain.parse([f"int8:{block}"]).encode({"w": t})
+    back = Chain.decode(out, meta)["w"]
+    assert back.shape == t.shape and back.dtype == t.dtype
+    x = t.float().reshape(-1)
+    err = (back.float().reshape(-1) - x).abs()
+    pad = (-x.numel()) % block
+    absmax = torch.nn.functional.pad(x.abs(), (0, pad)).reshape(-1, block).amax(1)
+    bound = (absmax / 254).repeat_interleave(block)[: x.numel()]
+    # plus the target dtype's own rounding when the input is half precision
+    slack = 0 if dtype == torch.float32 else x.abs() * 2**-7
+    assert bool((err <= bound * (1 + 1e-5) + slack + 1e-12).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16), target=st.sampled_from(["fp16", "bf16"]))
+def test_cast_error_is_half_an_ulp(shape, seed, target):
+    t = _random(shape, torch.float32, seed) * 10
+    out, meta, sizes = Chain.parse([target]).encode({"w": t})
+    back = Chain.decode(out, meta)["w"]
+    assert back.dtype == torch.float32 and sizes[-1] == t.numel() * 2
+    rel = 2**-11 if target == "fp16" else 2**-8
+    assert bool(((back - t).abs() <= t.abs() * rel + 1e-7).all())
+
+
+def test_fp16_saturates_instead_of_overflowing():
+    t = torch.tensor([1e6, -1e6, 3.0])
+    out, meta, _ = Chain.parse(["fp16"]).encode({"w": t})
+    back = Chain.decode(out, meta)["w"]
+    assert torch.isfinite(back).all() and back[0] == 65504 and back[1] == -65504
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16), fraction=st.sampled_from([0.01, 0.1, 0.5, 1.0]))
+def test_topk_keeps_the_largest_entries_exactly(shape, seed, fraction):
+    t = _random(shape, torch.float32, seed)
+    stage = parse_stage(f"topk:{fraction}")
+    stage.error_feedback = False
+    out, meta, _ = Chain([stage]).encode({"w": t})
+    back = Chain.decode(out, meta)["w"]
+    assert back.shape == t.shape
+    if t.numel() == 0:
+        return
+    k = max(1, round(fraction * t.numel()))
+    kept = back != 0
+    assert int(kept.sum()) <= k
+    assert torch.equal(back[kept], t[kept])
+    if int(kept.sum()) and bool((~kept).any()):
+        assert float(t[~kept].abs().max()) <= float(t[kept].abs().min()) + 1e-12
+
+
+def test_topk_error_feedback_loses_nothing_over_rounds():
+    g = torch.Generator().manual_seed(0)
+    chain = Chain.parse(["topk:0.05"])
+    inputs = [torch.randn(40, 50, generator=g) for _ in range(6)]
+    sent = torch.zeros(40, 50)
+    for x in inputs:
+        out, meta, _ = chain.encode({"w": x})
+        sent += Chain.decode(out, meta)["w"]
+    residual = chain.stages[0].residual["w"].reshape(40, 50)
+    torch.testing.assert_close(sent + residual, sum(inputs), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("specs", [["topk:0.1", "int8:64", "zstd:3"], ["fp16", "zstd"], ["int8", "zstd:1"]])
+def test_typical_chains_shrink_the_payload_and_name_each_stage(specs):
+    t = torch.randn(256, 256)
+    blob = pack({"w": t}, {}, Chain.parse(specs))
+    back, meta = unpack(blob.data)
+    assert back["w"].shape == t.shape and back["w"].dtype == t.dtype
+    assert blob.size < t.numel() * 4 * 0.6
+    assert len(blob.stage_bytes) == len(specs)
+    assert meta["fedlora.stage_bytes"] == ",".join(str(b) for b in blob.stage_bytes)

@@ -114,7 +114,8 @@ class Mallory:
         self._try("upload_after_final_refusal", lambda: self.upload(rnd, data))
         task = self.next_train(deadline)
         rnd2 = task.round
-        wrong = dict(self.download(task))
+        self.global2 = self.download(task)
+        wrong = dict(self.global2)
         key = next(k for k in sorted(wrong) if wrong[k].dim() == 2 and wrong[k].shape[0] != wrong[k].shape[1])
         wrong[key] = wrong[key].t().contiguous()
         self._try("wrong_shape", lambda: self.upload(rnd2, self.blob(rnd2, wrong)))
@@ -144,7 +145,7 @@ def federation(tmp_path_factory, tiny_model):
             if p.poll() is None:
                 p.kill()
     assert codes == [0, 0, 0, 0], tail(run_dir / "logs" / "coordinator.log")
-    return run_dir, mallory.results
+    return run_dir, {**mallory.results, "global2": mallory.global2}
 
 
 EXPECTED_REFUSALS = {
@@ -190,19 +191,23 @@ def _last_uploads(run_dir: Path) -> dict[str, tuple[dict[str, torch.Tensor], flo
     out = {}
     for cid in HONEST:
         tensors, meta = unpack((run_dir / "state" / cid / "last-upload.safetensors").read_bytes())
-        assert meta["fedlora.round"] == "2"
+        assert meta["fedlora.round"] == "2" and meta["fedlora.upload_kind"] == "delta"
         out[cid] = (tensors, float(meta["fedlora.num_examples"]))
     return out
 
 
 def test_global_adapter_is_the_weighted_average_of_the_updates(federation):
-    run_dir, _ = federation
+    """Clients upload deltas against the round's global state: the new global state is
+    that state plus the n_k-weighted mean of the deltas, i.e. the weighted mean of the clients'
+    weights."""
+    run_dir, results = federation
     uploads = _last_uploads(run_dir)
+    global2 = results["global2"]
     saved = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     total = sum(w for _, w in uploads.values())
     assert set(saved) == set(uploads["client-0"][0])
     for name, value in saved.items():
-        direct = sum(t[name].double() * w for t, w in uploads.values()) / total
+        direct = global2[name].double() + sum(t[name].double() * w for t, w in uploads.values()) / total
         torch.testing.assert_close(value, direct.float(), rtol=0, atol=1e-6)
 
 

@@ -359,3 +359,19 @@ class ReportRequest(_message.Message):
 class ReportReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ProbeRequest(_message.Message):
+    __slots__ = ("session_id", "size")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    size: int
+    def __init__(self, session_id: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ProbeReply(_message.Message):
+    __slots__ = ("received", "seconds")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    seconds: float
+    def __init__(self, received: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...

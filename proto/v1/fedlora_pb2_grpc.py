@@ -64,6 +64,16 @@ class CoordinatorStub:
                 request_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ReportRequest.SerializeToString,
                 response_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ReportReply.FromString,
                 _registered_method=True)
+        self.ProbeUpload = channel.stream_unary(
+                '/fedlora.v1.Coordinator/ProbeUpload',
+                request_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.UploadChunk.SerializeToString,
+                response_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeReply.FromString,
+                _registered_method=True)
+        self.ProbeDownload = channel.unary_stream(
+                '/fedlora.v1.Coordinator/ProbeDownload',
+                request_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -111,6 +121,20 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbeUpload(self, request_iterator, context):
+        """Link probes: a short timed transfer each way, so a client can report its bandwidth.
+        They carry the same Chunk messages as Download/Upload, so they measure the same path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProbeDownload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +167,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Report,
                     request_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ReportRequest.FromString,
                     response_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ReportReply.SerializeToString,
+            ),
+            'ProbeUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.ProbeUpload,
+                    request_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.UploadChunk.FromString,
+                    response_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeReply.SerializeToString,
+            ),
+            'ProbeDownload': grpc.unary_stream_rpc_method_handler(
+                    servicer.ProbeDownload,
+                    request_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeRequest.FromString,
+                    response_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +341,60 @@ class Coordinator:
             '/fedlora.v1.Coordinator/Report',
             fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ReportRequest.SerializeToString,
             fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedlora.v1.Coordinator/ProbeUpload',
+            fedlora_dot_proto_dot_v1_dot_fedlora__pb2.UploadChunk.SerializeToString,
+            fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeDownload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedlora.v1.Coordinator/ProbeDownload',
+            fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeRequest.SerializeToString,
+            fedlora_dot_proto_dot_v1_dot_fedlora__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,

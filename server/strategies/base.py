@@ -88,6 +88,6 @@ class Strategy(ABC):
                     delta=t.dp.delta,
                 ),
             ),
-            upload_kind="weights",
+            upload_kind="delta" if self.cfg.codec.upload_delta else "weights",
             upload_codec=pb.Codec(stages=self.cfg.codec.upload),
         )

@@ -1,0 +1,81 @@
+"""The heterogeneous cluster on one machine: namespaces, shaped links, interface bytes.
+
+Needs root (ip netns, veth, tc); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fedlora.deploy.netns import leftover_namespaces
+from procs import records
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
+    reason="the netns cluster needs root and iproute2 (ip, tc)")
+
+# Small transfers carry relatively more framing (TCP/IP headers, HTTP/2, the status call):
+# interface bytes are at least the payload and at most 1.5x + 4 KiB of it here. The large
+# transfer bound (<= 1.06) is measured in bench/link.py, not asserted in a test.
+SMALL_OVERHEAD = 1.5
+SMALL_SLACK = 4096
+
+
+@pytest.fixture(scope="module")
+def netns_run(tmp_path_factory, tiny_model):
+    tmp = tmp_path_factory.mktemp("netns")
+    spec = tmp / "spec.yaml"
+    spec.write_text("subnet: 10.213.7.0/24\nclients:\n"
+                    "  - {id: client-0}\n"
+                    "  - {id: client-1, up_mbit: 20, down_mbit: 20}\n")
+    run_dir = tmp / "run"
+    p = subprocess.run([sys.executable, "-m", "fedlora.deploy.cli", "run", "--cluster", "netns",
+                        "--spec", str(spec), "--model", str(tiny_model), "--rounds", "2",
+                        "--min-clients", "2", "--local-steps", "3", "--batch-size", "16",
+                        "--run-dir", str(run_dir), "--no-live"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return run_dir, json.loads((run_dir / "cluster.json").read_text())
+
+
+def test_clients_reach_the_coordinator_across_namespaces(netns_run):
+    run_dir, cluster = netns_run
+    assert cluster["topology"] == "netns"
+    assert cluster["address"].startswith(cluster["ips"]["coordinator"] + ":")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["rounds_completed"] == 2
+
+
+def test_interface_bytes_cover_the_payload_within_the_overhead(netns_run):
+    run_dir, _ = netns_run
+    recs = [r for r in records(run_dir, "client") if r["status"] == "accepted"]
+    assert recs
+    for rec in recs:
+        for d in ("up", "down"):
+            iface, payload = rec[d]["iface_bytes"], rec[d]["payload_bytes"]
+            if payload == 0:  # global state already held: nothing downloaded
+                continue
+            assert iface is not None, f"{rec['client']} {d}: no interface bytes"
+            assert payload <= iface <= SMALL_OVERHEAD * payload + SMALL_SLACK, (rec["client"], d, iface, payload)
+
+
+def test_join_probe_records_the_shaped_link(netns_run):
+    run_dir, _ = netns_run
+    joins = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["type"] == "profile":
+            joins[rec["client"]] = rec["profile"]
+    up = float(joins["client-1"]["upload_bytes_per_second"]) * 8 / 1e6
+    assert 0 < up <= 20 * 1.1  # never faster than the shaped 20 Mbit/s
+
+
+def test_teardown_leaves_no_namespace(netns_run):
+    _, cluster = netns_run
+    assert leftover_namespaces(cluster["prefix"]) == []
