@@ -147,9 +147,9 @@ class Client:
         update = {n: state[n] for n in select(am.names(), plan.upload)}
         if plan.upload_kind == "delta":
             update = {n: t - global_tensors[n].to(t.dtype) for n, t in update.items()}
-        blob = pack(update, {"fedlora.round": str(rnd), "fedlora.client": self.cfg.client_id,
-                             "fedlora.num_examples": str(len(self.train_data)),
-                             "fedlora.upload_kind": plan.upload_kind or "weights"},
+        blob = pack(update, {"round": rnd, "client": self.cfg.client_id,
+                             "num_examples": len(self.train_data),
+                             "upload_kind": plan.upload_kind or "weights"},
                     self._upload_chain(plan.upload_codec))
         (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
         before = self.meter.read()
@@ -159,6 +159,7 @@ class Client:
                        num_examples=float(len(self.train_data)),
                        client_down_payload_bytes=float(down.payload_bytes),
                        client_down_grpc_bytes=float(down.grpc_bytes),
+                       client_down_seconds=down.seconds, client_up_seconds=up.seconds,
                        client_up_payload_bytes=float(up.payload_bytes),
                        client_up_grpc_bytes=float(up.grpc_bytes),
                        round_seconds=time.perf_counter() - t_round)

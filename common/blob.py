@@ -3,13 +3,20 @@
 Header metadata names the round, the sender and the codec chain, so a blob explains itself
 without the RPC that carried it. Everything that goes over the wire in either direction is
 built by :func:`pack` and read by :func:`unpack`; there is no other serialisation path.
+
+All of fedlora's header lives in one metadata entry, ``fedlora``, a JSON object with sorted
+keys: safetensors writes its metadata map in hash order, so several entries would make the
+same tensors give different bytes (and digests) from one call to the next.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -17,7 +24,7 @@ from safetensors.torch import save as st_save
 
 from fedlora.common.codec import Chain
 
-CODEC_KEY = "fedlora.codec"
+HEADER_KEY = "fedlora"
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 
@@ -46,48 +53,49 @@ class Blob:
         return len(self.data)
 
 
-def pack(tensors: dict[str, torch.Tensor], metadata: dict[str, str], chain: Chain) -> Blob:
+def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any], chain: Chain) -> Blob:
+    """A deterministic blob: the same tensors, header and chain always give the same bytes."""
     wire, codec_meta, stage_bytes = chain.encode(
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     )
-    meta = {**{k: str(v) for k, v in metadata.items()}, CODEC_KEY: codec_meta,
-            "fedlora.codec_chain": ",".join(chain.specs()),
-            "fedlora.stage_bytes": ",".join(str(b) for b in stage_bytes)}
+    full = {**header, "codec": json.loads(codec_meta), "codec_chain": chain.specs(),
+            "stage_bytes": stage_bytes}
+    meta = {HEADER_KEY: json.dumps(full, sort_keys=True, separators=(",", ":"))}
     data = st_save({k: v.contiguous() for k, v in wire.items()}, metadata=meta)
     return Blob(data, sha256(data), tensor_bytes(tensors), stage_bytes, tuple(chain.specs()))
 
 
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The safetensors header metadata, without decoding any tensor."""
-    import json
-    import struct
-
+def read_header(data: bytes) -> dict[str, Any]:
+    """fedlora's header of a blob, without decoding any tensor."""
     if len(data) < 8:
         raise BlobError(f"blob of {len(data)} bytes is too short for a safetensors header")
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
         raise BlobError("safetensors header length exceeds the blob")
     try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as e:
-        raise BlobError(f"safetensors header is not JSON: {e}") from None
-    return dict(header.get("__metadata__") or {})
+        st_header = json.loads(data[8 : 8 + n])
+        raw = (st_header.get("__metadata__") or {}).get(HEADER_KEY)
+        header = json.loads(raw) if raw else {}
+    except (ValueError, AttributeError) as e:
+        raise BlobError(f"blob header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise BlobError("blob header is not a JSON object")
+    return header
 
 
-def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Decodes a blob to tensors and its metadata (codec keys removed)."""
-    meta = read_metadata(data)
+def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Decodes a blob to tensors and its header (without the codec's internal description)."""
+    header = read_header(data)
     try:
         wire = st_load(data)
     except Exception as e:  # safetensors raises its own error types
         raise BlobError(f"not a valid safetensors blob: {e}") from None
-    codec_meta = meta.pop(CODEC_KEY, None)
-    meta.pop("fedlora.codec_chain", None)
-    if codec_meta is None:
-        return wire, meta
+    codec = header.pop("codec", None)
+    if codec is None:
+        return wire, header
     try:
-        return Chain.decode(wire, codec_meta), meta
-    except (KeyError, ValueError, RuntimeError) as e:
+        return Chain.decode(wire, json.dumps(codec)), header
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise BlobError(f"cannot decode codec chain: {e}") from None
 
 

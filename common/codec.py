@@ -4,7 +4,7 @@ A chain is a list of stages applied in order on encode and in reverse on decode.
 turns one tensor into one or more named *parts* (still tensors), so the encoded result is
 again a flat ``name -> tensor`` dict that safetensors can carry: the blob on the wire is
 always a valid safetensors file, whatever the chain. What each stage needs to undo itself
-(dtype, shape, part names) travels in the blob's metadata under ``fedlora.codec``.
+(dtype, shape, part names) travels in the blob's header (see :mod:`fedlora.common.blob`).
 
 Stages are named by a spec string, ``"zstd"`` or ``"zstd:9"``; :func:`parse_chain` turns a
 list of specs into stage objects and rejects unknown names with the offending spec.

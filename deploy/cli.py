@@ -98,6 +98,10 @@ def parser() -> argparse.ArgumentParser:
                    help="local: all on 127.0.0.1; netns: one network namespace per host with "
                         "shaped links (root; needs --spec)")
     r.add_argument("--spec", help="cluster spec for --cluster netns (see deploy/clusters/)")
+
+    rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, gRPC, wire",
+                         description="Compare what crossed the wire with the payload, per client and direction.")
+    rep.add_argument("run_dir", help="a run folder (with metrics.jsonl)")
     return p
 
 
@@ -118,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             from fedlora.server.app import serve
 
             return serve(cfg)
+        if args.command == "report":
+            from pathlib import Path
+
+            from fedlora.deploy.report import report
+
+            return report(Path(args.run_dir))
         if args.command == "client":
             cfg = load_config(ClientConfig, args.config, _overrides(args, CLIENT_FLAGS))
             from fedlora.client.app import run_client

@@ -53,12 +53,14 @@ class LiveTable:
             out.append([str(rnd), f"{_fmt(r.get('finished'), 'd')}/{_fmt(r.get('planned'), 'd')}",
                         _fmt(r.get("train_loss"), ".4f"), _fmt(r.get("test_accuracy"), ".4f"),
                         _fmt(r.get("up_mb"), ".3f"), _fmt(r.get("down_mb"), ".3f"),
+                        _fmt(r.get("up_wire_mb"), ".3f"), _fmt(r.get("down_wire_mb"), ".3f"),
                         _fmt(r.get("seconds"), ".1f"), r.get("state", "")])
         return out
 
     def _table(self, rows: list[list[str]]) -> Table:
         t = Table(title="rounds")
-        for col in ("round", "clients", "train loss", "test acc", "MB up", "MB down", "seconds", ""):
+        for col in ("round", "clients", "train loss", "test acc", "MB up", "MB down", "wire MB up",
+                    "wire MB down", "seconds", ""):
             t.add_column(col, justify="right")
         for row in rows:
             t.add_row(*row)
@@ -71,8 +73,9 @@ class LiveTable:
             return
         for row in rows:  # plain output: one line per finished round
             if int(row[0]) >= self._printed and row[-1] == "done":
+                wire = f", wire MB up {row[6]}, down {row[7]}" if row[6] != "-" else ""
                 print(f"round {row[0]}: clients {row[1]}, train loss {row[2]}, test acc {row[3]}, "
-                      f"MB up {row[4]}, MB down {row[5]}, {row[6]}s", flush=True)
+                      f"MB up {row[4]}, MB down {row[5]}{wire}, {row[8]}s", flush=True)
                 self._printed = int(row[0]) + 1
 
     def stop(self) -> None:
@@ -92,8 +95,9 @@ class LiveTable:
         print(f"rounds: {s['rounds_completed']}/{s['rounds_requested']}, final test accuracy: "
               f"{_fmt(s['final_accuracy'], '.4f')}, wall time {s['elapsed_seconds']:.1f}s")
         for d in ("up", "down"):
+            wire = b[d].get("iface_bytes")
             print(f"bytes {d:>4}: tensor {b[d]['tensor_bytes']:,}  payload {b[d]['payload_bytes']:,}  "
-                  f"gRPC {b[d]['grpc_bytes']:,}")
+                  f"gRPC {b[d]['grpc_bytes']:,}  wire {'n/a' if wire is None else format(wire, ',')}")
         if s.get("adapter"):
             print(f"adapter: {s['adapter']}")
         print(f"summary: {path}")

@@ -256,17 +256,19 @@ class Engine:
                 inst = r.instructions[cid] if r is not None and r.number == rnd else None
             if inst is None:
                 raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"round {rnd} is no longer open")
-            if meta.get("fedlora.round") != str(rnd) or meta.get("fedlora.client") != cid:
+            if meta.get("round") != rnd or meta.get("client") != cid:
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"blob header names round {meta.get('fedlora.round')!r} and client "
-                              f"{meta.get('fedlora.client')!r}, expected {rnd} and {cid!r}")
-            try:
-                weight = float(meta.get("fedlora.num_examples", "nan"))
-            except ValueError:
-                weight = float("nan")
-            if not (math.isfinite(weight) and weight > 0):
+                              f"blob header names round {meta.get('round')!r} and client "
+                              f"{meta.get('client')!r}, expected {rnd} and {cid!r}")
+            weight = meta.get("num_examples")
+            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
-                              "blob header lacks a positive fedlora.num_examples")
+                              "blob header lacks a positive num_examples")
+            weight = float(weight)
+            if meta.get("upload_kind", "weights") != (inst.plan.upload_kind or "weights"):
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"blob is a {meta.get('upload_kind')!r} upload, the plan asks for "
+                              f"{inst.plan.upload_kind!r}")
             validate_update(tensors, inst.expected)
             if inst.plan.upload_kind == "delta":
                 tensors = apply_delta(inst.tensors, tensors)
@@ -284,7 +286,7 @@ class Engine:
             self.strategy.fold(rnd, self.clients[cid].info(), tensors, weight)
             r.accepted[cid] = weight
             r.up.setdefault(cid, Transfer()).tensor_bytes = tensor_bytes(tensors)
-            r.up[cid].stage_bytes = _stage_bytes_from(meta)
+            r.up[cid].stage_bytes = [int(b) for b in meta.get("stage_bytes", [])]
             log.info("round %d: update from %s accepted (%d bytes, weight %g)", rnd, cid,
                      part.total_size, weight)
             self.log.write("upload", round=rnd, client=cid, bytes=part.total_size,
@@ -346,9 +348,8 @@ class Engine:
         for cid, inst in instructions.items():
             key = id(inst.tensors)
             if key not in packed:
-                packed[key] = pack(inst.tensors, {"fedlora.round": str(rnd),
-                                                  "fedlora.client": "coordinator",
-                                                  "fedlora.version": f"round-{rnd}"}, self.down_chain)
+                packed[key] = pack(inst.tensors, {"round": rnd, "client": "coordinator",
+                                                  "version": f"round-{rnd}"}, self.down_chain)
             blob = packed[key]
             blobs[cid] = blob
             raw = sum(math.prod(s) * torch.empty((), dtype=d).element_size()
@@ -430,7 +431,11 @@ class Engine:
             refused=sorted(r.refused), missing=missing, test_accuracy=score.accuracy,
             test_loss=score.loss, train_loss=train_loss, seconds=round(seconds, 3),
             up_mb=sum(t.payload_bytes for t in r.up.values()) / 1e6,
-            down_mb=sum(t.payload_bytes for t in r.down.values()) / 1e6, strategy=metrics)
+            down_mb=sum(t.payload_bytes for t in r.down.values()) / 1e6,
+            up_wire_mb=_sum_mb(rec["up"]["iface_bytes"] for rec in records if rec["status"] == "accepted"),
+            down_wire_mb=_sum_mb(rec["down"]["iface_bytes"] for rec in records
+                                 if rec["status"] == "accepted" and rec["down"]["payload_bytes"]),
+            strategy=metrics)
         self.history.append(rec)
         self.completed = rnd
         log.info("round %d: %d/%d updates, test accuracy %.4f, loss %.4f, up %.2f MB, down %.2f MB, %.1fs",
@@ -444,7 +449,10 @@ class Engine:
             status = ("accepted" if cid in r.accepted else "refused" if cid in r.refused
                       else "missing")
             rep = r.reports.get(cid, {})
-            up, down = r.up.get(cid, Transfer()).as_dict(), r.down.get(cid, Transfer()).as_dict()
+            down_t = r.down.get(cid, Transfer())
+            if rep.get("client_down_seconds"):  # the receiver's clock: the sender's ends when
+                down_t.seconds = rep["client_down_seconds"]  # its buffers fill, not on arrival
+            up, down = r.up.get(cid, Transfer()).as_dict(), down_t.as_dict()
             # the client's own interface counters: tx while uploading, rx while downloading
             up["iface_bytes"] = _int_or_none(rep.get("iface_up_tx_bytes"))
             down["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
@@ -487,6 +495,12 @@ def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -
     return out
 
 
+def _sum_mb(values) -> float | None:
+    """Total MB, or None when any value is missing (the level was not measurable)."""
+    vals = list(values)
+    return None if not vals or any(v is None for v in vals) else sum(vals) / 1e6
+
+
 def _int_or_none(v: float | None) -> int | None:
     return None if v is None or v < 0 else int(v)
 
@@ -496,10 +510,3 @@ def _profile_dict(p: pb.DeviceProfile) -> dict[str, Any]:
 
     return MessageToDict(p, preserving_proto_field_name=True)
 
-
-def _stage_bytes_from(meta: dict[str, str]) -> list[int]:
-    raw = meta.get("fedlora.stage_bytes", "")
-    try:
-        return [int(x) for x in raw.split(",") if x]
-    except ValueError:
-        return []

@@ -72,6 +72,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                         time.perf_counter() - t0)
 
     def Upload(self, request_iterator, context) -> pb.UploadReply:
+        t0 = time.perf_counter()  # the call starts before its first chunk has arrived
         first = next(request_iterator, None)
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream")
@@ -84,7 +85,6 @@ class CoordinatorService(pbg.CoordinatorServicer):
             return pb.UploadReply()
         received = 0
         grpc_bytes = 0
-        t0 = time.perf_counter()
         try:
             msg = first
             while msg is not None:

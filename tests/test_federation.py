@@ -76,8 +76,8 @@ class Mallory:
         return self.stub.Upload(iter(msgs), timeout=60)
 
     def blob(self, rnd: int, tensors: dict[str, torch.Tensor]) -> bytes:
-        return pack(tensors, {"fedlora.round": str(rnd), "fedlora.client": "mallory",
-                              "fedlora.num_examples": "100"}, Chain.parse(["zstd:3"])).data
+        return pack(tensors, {"round": rnd, "client": "mallory", "num_examples": 100,
+                              "upload_kind": "delta"}, Chain.parse(["zstd:3"])).data
 
     def play(self, deadline: float) -> None:
         self._try("unknown_client", lambda: self.stub.Join(pb.JoinRequest(client_id="eve"), timeout=30))
@@ -191,8 +191,8 @@ def _last_uploads(run_dir: Path) -> dict[str, tuple[dict[str, torch.Tensor], flo
     out = {}
     for cid in HONEST:
         tensors, meta = unpack((run_dir / "state" / cid / "last-upload.safetensors").read_bytes())
-        assert meta["fedlora.round"] == "2" and meta["fedlora.upload_kind"] == "delta"
-        out[cid] = (tensors, float(meta["fedlora.num_examples"]))
+        assert meta["round"] == 2 and meta["upload_kind"] == "delta"
+        out[cid] = (tensors, float(meta["num_examples"]))
     return out
 
 
