@@ -131,10 +131,15 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_local(cfg: ServerConfig, client_threads: int = 0, live: bool = True, topology=None) -> int:
     cluster = Cluster(cfg, client_threads, topology)
     table = LiveTable(cluster.run_dir, enabled=live)
     code = 1
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM tears down like Ctrl-C
     try:
         address = cluster.start()
         table.start(f"coordinator {address}, {len(cfg.client_entries())} clients, "

@@ -150,3 +150,13 @@ def test_same_input_gives_the_same_bytes():
     t = {f"t{i}": torch.randn(8, 8) for i in range(5)}
     header = {"round": 1, "client": "c", "version": "round-1", "num_examples": 3}
     assert pack(t, header, Chain.parse(["zstd"])).digest == pack(dict(t), dict(header), Chain.parse(["zstd"])).digest
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, dtype=st.sampled_from([torch.int8, torch.int32, torch.int64, torch.bool, torch.uint8]),
+       seed=st.integers(0, 2**16),
+       chain=st.sampled_from([["fp16"], ["bf16"], ["int8"], ["topk:0.1"], ["topk:0.5", "int8:16", "zstd"]]))
+def test_lossy_stages_pass_non_float_tensors_through_exactly(shape, dtype, seed, chain):
+    t = _random(shape, dtype, seed)
+    out, meta, _ = Chain.parse(chain).encode({"w": t})
+    assert torch.equal(Chain.decode(out, meta)["w"], t)

@@ -79,3 +79,47 @@ def test_join_probe_records_the_shaped_link(netns_run):
 def test_teardown_leaves_no_namespace(netns_run):
     _, cluster = netns_run
     assert leftover_namespaces(cluster["prefix"]) == []
+
+
+def test_interrupt_tears_everything_down(tmp_path, tiny_model):
+    import signal
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("subnet: 10.213.8.0/24\nclients:\n  - {id: client-0}\n  - {id: client-1, up_mbit: 5}\n")
+    run_dir = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "fedlora.deploy.cli", "run", "--cluster", "netns",
+                          "--spec", str(spec), "--model", str(tiny_model), "--rounds", "100",
+                          "--min-clients", "2", "--local-steps", "2", "--run-dir", str(run_dir), "--no-live"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 300
+    def started() -> bool:
+        try:
+            return any(r["round"] >= 1 for r in records(run_dir, "round"))
+        except FileNotFoundError:
+            return False
+
+    while not started():
+        assert p.poll() is None and time.time() < end
+        time.sleep(0.5)
+    prefix = json.loads((run_dir / "cluster.json").read_text())["prefix"]
+    assert leftover_namespaces(prefix)  # the cluster is up
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    assert leftover_namespaces(prefix) == []
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop root")
+def test_not_root_is_a_clear_error(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("clients:\n  - {id: client-0}\n")
+    spec.chmod(0o644)
+    tmp_path.chmod(0o755)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    if subprocess.run([*nobody, "-c", "import fedlora.deploy.cli; open(%r).read()" % str(spec)],
+                      capture_output=True, timeout=120).returncode != 0:
+        pytest.skip("an unprivileged user cannot read this checkout or its virtual environment")
+    p = subprocess.run([*nobody, "-m", "fedlora.deploy.cli", "run", "--cluster", "netns", "--spec", str(spec)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "needs root" in p.stderr, p.stderr
