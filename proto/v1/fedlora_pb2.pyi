@@ -58,7 +58,7 @@ class JoinRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json")
+    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class RunSpec(_message.Message):
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     LABEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     strategy: str
     model: str
@@ -89,7 +90,8 @@ class RunSpec(_message.Message):
     chunk_bytes: int
     label_names: _containers.RepeatedScalarFieldContainer[str]
     config_json: str
-    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ...) -> None: ...
+    adapter: AdapterSpec
+    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("session_id", "spec")
@@ -338,7 +340,7 @@ class UploadStatusReply(_message.Message):
     def __init__(self, acked_offset: _Optional[int] = ..., total_size: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class ReportRequest(_message.Message):
-    __slots__ = ("session_id", "round", "metrics", "profile")
+    __slots__ = ("session_id", "round", "metrics", "profile", "decline_reason")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -350,11 +352,13 @@ class ReportRequest(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_REASON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
     metrics: _containers.ScalarMap[str, float]
     profile: DeviceProfile
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ...) -> None: ...
+    decline_reason: str
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., decline_reason: _Optional[str] = ...) -> None: ...
 
 class ReportReply(_message.Message):
     __slots__ = ()
