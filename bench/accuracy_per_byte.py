@@ -49,13 +49,17 @@ def main() -> None:
                      "tensor_mb_up": s["bytes"]["up"]["tensor_bytes"] / 1e6,
                      "wall_seconds": s["elapsed_seconds"]})
         print(f"done {name}: accuracy {s['final_accuracy']:.4f}", flush=True)
+    out = Path(args.out) / "results.json"
+    if args.only and out.is_file():  # keep the configurations not re-run this time
+        rows += [r for r in json.loads(out.read_text()) if r["config"] not in names]
+        rows.sort(key=lambda r: list(CONFIGS).index(r["config"]))
     base = rows[0]["mb_up"] + rows[0]["mb_down"]
     print(f"{'config':<20} {'final acc':>9} {'MB up':>8} {'MB down':>8} {'total vs none':>13} {'seconds':>8}")
     for r in rows:
         print(f"{r['config']:<20} {r['final_accuracy']:>9.4f} {r['mb_up']:>8.3f} {r['mb_down']:>8.3f} "
               f"{(r['mb_up'] + r['mb_down']) / base:>13.3f} {r['wall_seconds']:>8.1f}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+    out.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

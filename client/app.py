@@ -11,6 +11,7 @@ import grpc
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedlora.client.privacy import BudgetExhausted, PrivacyLedger, steps_per_round
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
 from fedlora.common.blob import pack, unpack
@@ -18,7 +19,7 @@ from fedlora.common.codec import Chain
 from fedlora.common.config import ClientConfig
 from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
 from fedlora.common.evaluate import evaluate
-from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, select
+from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_a_digest, select
 from fedlora.common.netstat import InterfaceMeter
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
@@ -92,6 +93,8 @@ class Client:
         self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
         self.tokenizer = load_tokenizer(cfg.model or self.spec.model)
         profile = device_profile(self.device, len(self.train_data))
+        if self.spec.adapter.kind == "lora":  # build it now: the coordinator checks its A at join
+            profile.extra["lora_a_digest"] = lora_a_digest(self._model_for(self.spec.adapter).state())
         if cfg.probe_bytes:
             up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or (1 << 20))
             profile.upload_bytes_per_second, profile.download_bytes_per_second = up, down
@@ -127,6 +130,16 @@ class Client:
 
     def play(self, plan: pb.Plan) -> None:
         rnd = plan.round
+        ledger = self._ledger(plan.training) if plan.training.dp.enabled else None
+        if ledger is not None:  # before any transfer: a round over budget costs nothing
+            try:
+                eps_after = ledger.check(steps_per_round(plan.training, len(self.train_data)))
+            except BudgetExhausted as e:
+                log.error("round %d: %s", rnd, e)
+                self.conn.report(rnd, {"dp_epsilon": ledger.epsilon()}, decline=str(e))
+                return
+            log.info("round %d: DP-SGD, noise %.3f, clip %g, epsilon after this round %.3f", rnd,
+                     ledger.noise_multiplier, ledger.clip_norm, eps_after)
         am = self._model_for(plan.adapter)
         t_round = time.perf_counter()
         global_tensors, down = self._global_state(rnd, plan.global_state)
@@ -138,7 +151,11 @@ class Client:
         trained = am.set_trainable(list(plan.train), list(plan.freeze))
         log.info("round %d: training %d tensors on %d examples", rnd, len(trained), len(self.train_data))
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                              self.spec.seed * 100_003 + rnd, self.device)
+                              self.spec.seed * 100_003 + rnd, self.device, ledger)
+        if ledger is not None:
+            ledger.record(steps_per_round(plan.training, len(self.train_data)))
+            metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,
+                           dp_noise_multiplier=ledger.noise_multiplier, dp_clip_norm=ledger.clip_norm)
         if keep:
             state = am.state()
             save_file({k: state[k].contiguous() for k in keep}, str(local_path))
@@ -171,6 +188,10 @@ class Client:
                  rnd, metrics["train_loss"], score.accuracy, up.payload_bytes, up.grpc_bytes,
                  up.seconds, time.perf_counter() - t_round)
 
+    def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:
+        return PrivacyLedger.open(self.state_dir / "privacy.json", t.dp, len(self.train_data),
+                                  t.batch_size, steps_per_round(t, len(self.train_data)), self.spec.rounds)
+
     def _upload_chain(self, codec: pb.Codec) -> Chain:
         """One chain object per codec spec for the whole run: stateful stages (top-k's error
         feedback residual) carry over from round to round."""
@@ -201,6 +222,9 @@ def run_client(cfg: ClientConfig) -> int:
         return client.run()
     except TransferFailed as e:
         log.error("%s", e)
+        return 2
+    except grpc.RpcError as e:
+        log.error("the coordinator refused: %s: %s", e.code().name, e.details())
         return 2
     finally:
         client.conn.close()

@@ -1,13 +1,16 @@
-"""Local training of whatever the plan marks trainable."""
+"""Local training of whatever the plan marks trainable, with or without DP-SGD."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from fedlora.client.privacy import PrivacyLedger, steps_per_round
 from fedlora.common.data import Dataset
 from fedlora.common.evaluate import batches
 from fedlora.common.model import AdaptedModel
@@ -22,9 +25,33 @@ def make_optimizer(params: list[torch.nn.Parameter], t: pb.LocalTraining) -> tor
     raise ValueError(f"optimizer {t.optimizer!r} is not supported")
 
 
+def _shuffled(data: Dataset, tokenizer, t: pb.LocalTraining, max_length: int,
+              rng: np.random.Generator) -> Iterator[tuple[dict, torch.Tensor]]:
+    steps = steps_per_round(t, len(data))
+    done = 0
+    while done < steps:
+        for batch in batches(data, tokenizer, max(1, t.batch_size), max_length,
+                             rng.permutation(len(data)).tolist()):
+            yield batch
+            done += 1
+            if done >= steps:
+                return
+
+
+def _poisson(data: Dataset, tokenizer, steps: int, rate: float, max_length: int,
+             rng: np.random.Generator) -> Iterator[tuple[dict, torch.Tensor]]:
+    """Poisson sampling, as the RDP accountant assumes: each example joins each batch with
+    probability ``rate``. An empty draw (probability (1-rate)^n) is skipped; the accountant
+    still counts the step, which only overstates the epsilon spent."""
+    for _ in range(steps):
+        idx = np.flatnonzero(rng.random(len(data)) < rate).tolist()
+        if idx:
+            yield next(batches(data, tokenizer, len(idx), max_length, idx))
+
+
 def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining, max_length: int,
-                seed: int, device: torch.device) -> dict[str, float]:
-    """Runs the plan's epochs (capped at ``max_steps``); returns loss and throughput."""
+                seed: int, device: torch.device, ledger: PrivacyLedger | None = None) -> dict[str, float]:
+    """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise)."""
     model = am.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -32,31 +59,42 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
     opt = make_optimizer(params, t)
     rng = np.random.default_rng(seed)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    forward = model
+    steps = steps_per_round(t, len(data))
+    if ledger is not None:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        forward = GradSampleModule(model, loss_reduction="mean")
+        opt = DPOptimizer(opt, noise_multiplier=ledger.noise_multiplier, max_grad_norm=ledger.clip_norm,
+                          expected_batch_size=max(1, t.batch_size), loss_reduction="mean")
+        source = _poisson(data, tokenizer, steps, ledger.sample_rate, max_length, rng)
+    else:
+        source = _shuffled(data, tokenizer, t, max_length, rng)
     model.train()
-    steps, seen, loss_sum = 0, 0, 0.0
+    done, seen, loss_sum = 0, 0, 0.0
     t0 = time.perf_counter()
-    for _ in range(max(1, t.epochs)):
-        order = rng.permutation(len(data)).tolist()
-        for enc, labels in batches(data, tokenizer, max(1, t.batch_size), max_length, order):
+    try:
+        for enc, labels in source:
             enc = {k: v.to(device) for k, v in enc.items()}
             labels = labels.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(**enc, labels=labels).loss
+                logits = forward(**enc).logits
+            loss = F.cross_entropy(logits.float(), labels)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {steps}")
+                raise FloatingPointError(f"training loss became {loss.item()} at step {done}")
             loss.backward()
-            if t.max_grad_norm > 0:
+            if ledger is None and t.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            steps += 1
+            done += 1
             seen += len(labels)
             loss_sum += loss.item() * len(labels)
-            if t.max_steps and steps >= t.max_steps:
-                break
-        if t.max_steps and steps >= t.max_steps:
-            break
+    finally:
+        if ledger is not None:
+            forward._close()  # remove opacus' hooks: the model is reused next round
     seconds = time.perf_counter() - t0
-    return {"train_loss": loss_sum / max(1, seen), "steps": float(steps),
+    return {"train_loss": loss_sum / max(1, seen), "steps": float(done),
             "examples_seen": float(seen), "train_seconds": seconds,
             "examples_per_second": seen / seconds if seconds > 0 else 0.0}

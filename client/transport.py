@@ -74,8 +74,9 @@ class Connection:
         return self.stub.GetTask(pb.TaskRequest(session_id=self.session, last_round=last_round,
                                                 wait_seconds=wait_s), timeout=wait_s + 30)
 
-    def report(self, rnd: int, metrics: dict[str, float], profile: pb.DeviceProfile | None = None) -> None:
-        req = pb.ReportRequest(session_id=self.session, round=rnd, metrics=metrics)
+    def report(self, rnd: int, metrics: dict[str, float], profile: pb.DeviceProfile | None = None,
+               decline: str = "") -> None:
+        req = pb.ReportRequest(session_id=self.session, round=rnd, metrics=metrics, decline_reason=decline)
         if profile is not None:
             req.profile.CopyFrom(profile)
         self.stub.Report(req, timeout=60)

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import zstandard
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedlora.common.codec import Chain
 
 HEADER_KEY = "fedlora"
+CODEC_TENSOR = "__codec__"
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 
@@ -54,12 +56,18 @@ class Blob:
 
 
 def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any], chain: Chain) -> Blob:
-    """A deterministic blob: the same tensors, header and chain always give the same bytes."""
+    """A deterministic blob: the same tensors, header and chain always give the same bytes.
+
+    The chain's per-tensor description (names, dtypes, shapes, part keys) is stored zstd-packed
+    in a uint8 tensor ``__codec__`` rather than in the JSON header, where it would cost more
+    than the data for adapters of many small tensors.
+    """
     wire, codec_meta, stage_bytes = chain.encode(
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     )
-    full = {**header, "codec": json.loads(codec_meta), "codec_chain": chain.specs(),
-            "stage_bytes": stage_bytes}
+    packed = zstandard.ZstdCompressor(level=19).compress(codec_meta.encode())
+    wire[CODEC_TENSOR] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+    full = {**header, "codec_chain": chain.specs(), "stage_bytes": stage_bytes}
     meta = {HEADER_KEY: json.dumps(full, sort_keys=True, separators=(",", ":"))}
     data = st_save({k: v.contiguous() for k, v in wire.items()}, metadata=meta)
     return Blob(data, sha256(data), tensor_bytes(tensors), stage_bytes, tuple(chain.specs()))
@@ -84,18 +92,19 @@ def read_header(data: bytes) -> dict[str, Any]:
 
 
 def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Decodes a blob to tensors and its header (without the codec's internal description)."""
+    """Decodes a blob to its tensors (original names) and its header."""
     header = read_header(data)
     try:
         wire = st_load(data)
     except Exception as e:  # safetensors raises its own error types
         raise BlobError(f"not a valid safetensors blob: {e}") from None
-    codec = header.pop("codec", None)
+    codec = wire.pop(CODEC_TENSOR, None)
     if codec is None:
-        return wire, header
+        raise BlobError(f"blob has no {CODEC_TENSOR} description")
     try:
-        return Chain.decode(wire, json.dumps(codec)), header
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        meta = zstandard.ZstdDecompressor().decompress(codec.numpy().tobytes(), max_output_size=64 << 20)
+        return Chain.decode(wire, meta.decode()), header
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError, zstandard.ZstdError) as e:
         raise BlobError(f"cannot decode codec chain: {e}") from None
 
 

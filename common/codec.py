@@ -253,8 +253,11 @@ class TopK(Stage):
             rest = x.clone()
             rest[idx] = 0.0
             self.residual[name] = rest
+        # indices as gaps from the previous kept index: small numbers that a following zstd
+        # stage packs far better than absolute positions
+        gaps = torch.diff(idx, prepend=torch.zeros(1, dtype=idx.dtype))
         index_dtype = torch.int32 if x.numel() < 2**31 else torch.int64
-        return ({"idx": idx.to(index_dtype), "val": values.to(t.dtype)},
+        return ({"idx": gaps.to(index_dtype), "val": values.to(t.dtype)},
                 {"dtype": dtype_name(t.dtype), "shape": list(t.shape)})
 
     def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
@@ -264,7 +267,10 @@ class TopK(Stage):
         n = 1
         for d in info["shape"]:
             n *= int(d)
-        idx = parts["idx"].to(torch.int64)
+        gaps = parts["idx"].to(torch.int64)
+        if gaps.numel() > 1 and int(gaps[1:].min()) <= 0:
+            raise ValueError("topk indices must be strictly increasing")
+        idx = torch.cumsum(gaps, 0)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise ValueError(f"topk index out of range for {n} elements")
         out = torch.zeros(n, dtype=dtype)
@@ -305,24 +311,38 @@ class Chain:
         return [s.spec() for s in self.stages]
 
     def encode(self, tensors: dict[str, torch.Tensor]) -> tuple[Parts, str, list[int]]:
-        """Encodes every tensor; returns the wire tensors, the metadata string, and the
-        number of raw tensor bytes after each stage (for per-stage accounting)."""
-        current = dict(tensors)
+        """Encodes every tensor; returns the wire tensors, the description decode needs, and
+        the raw tensor bytes after each stage (for per-stage accounting).
+
+        Wire tensors get short names (``3``, ``3.q``, ``3.scale``: the index of the original
+        name, then the part keys) and the original names are listed once, so the header stays
+        small next to the data even for adapters of many small tensors.
+        """
+        names = sorted(tensors)
+        current = {str(i): tensors[n] for i, n in enumerate(names)}
+        labels = {str(i): n for i, n in enumerate(names)}  # stateful stages key on the real name
         layers: list[dict[str, Any]] = []
         sizes: list[int] = []
         for stage in self.stages:
             nxt: Parts = {}
             layer: dict[str, Any] = {}
-            for name, t in current.items():
-                parts, info = stage.encode(name, t)
-                names = {key: (name if key == "" else f"{name}::{key}") for key in parts}
+            for wire_name, t in current.items():
+                parts, info = stage.encode(labels[wire_name], t)
+                entry: dict[str, Any] = {}
+                if list(parts) != [""]:
+                    entry["p"] = list(parts)
+                if info:
+                    entry["i"] = info
+                layer[wire_name] = entry
                 for key, t_part in parts.items():
-                    nxt[names[key]] = t_part
-                layer[name] = {"parts": names, "info": info}
+                    child = wire_name if key == "" else f"{wire_name}.{key}"
+                    nxt[child] = t_part
+                    labels[child] = labels[wire_name] if key == "" else f"{labels[wire_name]}.{key}"
             layers.append(layer)
             current = nxt
             sizes.append(sum(t.numel() * t.element_size() for t in current.values()))
-        meta = json.dumps({"stages": self.specs(), "layers": layers}, separators=(",", ":"))
+        meta = json.dumps({"stages": self.specs(), "names": names, "layers": layers},
+                          separators=(",", ":"))
         return current, meta, sizes
 
     @staticmethod
@@ -333,8 +353,10 @@ class Chain:
         current = dict(wire)
         for stage, layer in zip(reversed(stages), reversed(desc["layers"])):
             prev: dict[str, torch.Tensor] = {}
-            for name, entry in layer.items():
-                parts = {key: current[child] for key, child in entry["parts"].items()}
-                prev[name] = stage.decode(parts, entry["info"])
+            for wire_name, entry in layer.items():
+                keys = entry.get("p", [""])
+                parts = {k: current[wire_name if k == "" else f"{wire_name}.{k}"] for k in keys}
+                prev[wire_name] = stage.decode(parts, entry.get("i", {}))
             current = prev
-        return current
+        names = desc["names"]
+        return {names[int(w)]: t for w, t in current.items()}

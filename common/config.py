@@ -34,11 +34,20 @@ class AdapterConfig(_Strict):
 
 
 class DPConfig(_Strict):
+    """DP-SGD on the clients. With ``noise_multiplier`` 0 the noise is derived so that the run's
+    rounds spend exactly ``target_epsilon``; with both set, clients stop at the target."""
+
     enabled: bool = False
-    noise_multiplier: float = Field(1.0, ge=0)
+    noise_multiplier: float = Field(0.0, ge=0)
     clip_norm: float = Field(1.0, gt=0)
     target_epsilon: float = Field(0.0, ge=0)
     delta: float = Field(1e-5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _noise_or_target(self) -> "DPConfig":
+        if self.enabled and self.noise_multiplier <= 0 and self.target_epsilon <= 0:
+            raise ValueError("dp needs noise_multiplier > 0 or target_epsilon > 0")
+        return self
 
 
 class TrainingConfig(_Strict):

@@ -9,8 +9,10 @@ standard adapter; for full fine-tuning they are the model's parameter names.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -80,6 +82,26 @@ def adapter_spec_from_config(cfg, seed: int) -> pb.AdapterSpec:
     )
 
 
+def seeded_lora_a(seed: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """LoRA ``A`` from the run seed and the tensor's name alone: every process, whatever its
+    module order or RNG history, draws the same matrix (peft's default kaiming-uniform range,
+    +-1/sqrt(fan_in))."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    bound = 1.0 / math.sqrt(shape[1])
+    return (torch.rand(shape, generator=g, dtype=torch.float32) * 2 - 1) * bound
+
+
+def lora_a_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of every LoRA ``A`` (names and values), to check that two processes agree."""
+    h = hashlib.sha256()
+    for name in sorted(n for n in tensors if ".lora_A." in n):
+        t = tensors[name].detach().to(torch.float32).contiguous().cpu()
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def _matches(patterns: list[str] | tuple[str, ...], name: str) -> bool:
     return any(re.search(p, name) for p in patterns)
 
@@ -113,6 +135,10 @@ class AdaptedModel:
             torch.manual_seed(spec.init_seed)
             self.model = get_peft_model(base, config)
             self.is_peft = True
+            if spec.options.get("a_init") == "seeded":
+                self._params = self._map_params()
+                self.load_state({n: seeded_lora_a(spec.init_seed, n, tuple(p.shape))
+                                 for n, p in self._params.items() if ".lora_A." in n})
         else:
             raise ValueError(f"adapter kind {spec.kind!r} is not supported by this version")
         self._params = self._map_params()

@@ -37,6 +37,9 @@ SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--download-codec", "codec.download", lambda s: [x for x in s.split(",") if x], "e.g. zstd:3"),
     ("--chunk-bytes", "chunk_bytes", int, "transfer chunk size"),
     ("--threads", "threads", int, "torch threads of the coordinator (0 = default)"),
+    ("--dp-epsilon", "training.dp.target_epsilon", float, "DP-SGD on the clients with this target epsilon"),
+    ("--dp-noise", "training.dp.noise_multiplier", float, "DP-SGD noise multiplier (0 = from --dp-epsilon)"),
+    ("--dp-clip", "training.dp.clip_norm", float, "DP-SGD per-sample clipping norm"),
 ]
 
 CLIENT_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -66,6 +69,8 @@ def _overrides(args: argparse.Namespace, flags) -> dict[str, Any]:
         v = getattr(args, field.replace(".", "__"), None)
         if v is not None:
             out[field] = v
+            if field.startswith("training.dp."):  # any DP flag turns DP on
+                out["training.dp.enabled"] = True
     for item in args.set:
         k, v = parse_override(item)
         out[k] = v

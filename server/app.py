@@ -63,7 +63,7 @@ def serve(cfg: ServerConfig) -> int:
         test_fraction=cfg.data.test_fraction,
         dataset=TREC if cfg.data.dataset == TREC else "", max_length=cfg.data.max_length,
         chunk_bytes=cfg.chunk_bytes, label_names=dataset.label_names,
-        config_json=dump_config(cfg),
+        config_json=dump_config(cfg), adapter=cls.adapter_spec(cfg),
     )
     log.info("model %s, strategy %s, %d test examples, shards %s", resolve_model_path(cfg.model),
              cfg.strategy, len(test), shard_sizes)

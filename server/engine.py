@@ -104,6 +104,8 @@ class Engine:
         self.error = ""
         self.down_chain = Chain.parse(cfg.codec.download)
         self.history: list[dict[str, Any]] = []
+        self._last_refusals: dict[str, str] = {}
+        self.turned_away: set[str] = set()
 
     # ----------------------------------------------------------------- client-facing calls
     def join(self, client_id: str, token: str, profile: pb.DeviceProfile) -> pb.JoinReply:
@@ -305,16 +307,31 @@ class Engine:
         raise Refused(code, why)
 
     def report(self, session: str, rnd: int, metrics: dict[str, float],
-               profile: pb.DeviceProfile | None) -> None:
+               profile: pb.DeviceProfile | None, decline: str = "") -> None:
         with self.cond:
             st = self._client(session)
+            cid = st.entry.id
             if profile is not None and profile.ByteSize() > 0:
+                self.log.write("profile", round=rnd, client=cid, profile=_profile_dict(profile))
+                candidate = ClientState(st.entry, st.partition, st.session, profile, st.joined_at)
+                why = self.strategy.admit(candidate.info())
+                if why:
+                    self.turned_away.add(cid)  # not waited for until it comes back admissible
+                    self.sessions.pop(st.session, None)
+                    st.session, st.profile = "", None
+                    self.log.write("refused", round=rnd, client=cid, code="FAILED_PRECONDITION", reason=why)
+                    self.cond.notify_all()
+                    raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"client {cid!r} refused: {why}")
                 st.profile = profile
-                self.log.write("profile", round=rnd, client=st.entry.id, profile=_profile_dict(profile))
+                self.turned_away.discard(cid)
                 self.cond.notify_all()
             r = self.current
-            if r is not None and r.number == rnd and st.entry.id in r.instructions:
-                r.reports[st.entry.id] = dict(metrics)
+            if r is not None and r.number == rnd and cid in r.instructions:
+                r.reports[cid] = dict(metrics)
+                if decline and cid not in r.accepted:
+                    r.refused[cid] = f"declined: {decline}"
+                    log.warning("round %d: %s declined: %s", rnd, cid, decline)
+                    self.log.write("refused", round=rnd, client=cid, code="DECLINED", reason=decline)
                 self.cond.notify_all()
 
     # ----------------------------------------------------------------- the round loop
@@ -326,7 +343,7 @@ class Engine:
     def _wait_for_clients(self, want: int) -> bool:
         end = time.time() + self.cfg.join_timeout_s
         with self.cond:
-            while len(self._joined()) < want and not self.done:
+            while len(self._joined()) < want - len(self.turned_away) and not self.done:
                 left = end - time.time()
                 if left <= 0:
                     return len(self._joined()) >= self.cfg.min_clients
@@ -384,9 +401,11 @@ class Engine:
                     if self.done:
                         return 1
                 else:
+                    why = "; ".join(f"{c}: {w}" for c, w in sorted(self._last_refusals.items()))
                     return self._stop(
-                        f"round {rnd}: fewer than min_clients={self.cfg.min_clients} updates arrived "
-                        f"by the deadline in {self.cfg.round_retries + 1} attempt(s); run stopped")
+                        f"round {rnd}: fewer than min_clients={self.cfg.min_clients} updates were "
+                        f"accepted in {self.cfg.round_retries + 1} attempt(s); run stopped"
+                        + (f" (refused: {why})" if why else ""))
             return self._stop("")
         except Exception as e:  # the run must end with a record and released clients
             log.exception("engine failed")
@@ -410,13 +429,14 @@ class Engine:
                 self.strategy.discard(rnd)
                 return False
         missing = sorted(set(r.instructions) - set(r.accepted) - set(r.refused))
+        self._last_refusals = dict(r.refused)
         if len(accepted) < self.cfg.min_clients:
             self.strategy.discard(rnd)
             self._write_clients(r)
             self.log.write("round_failed", round=rnd, attempt=attempt, accepted=len(accepted),
                            refused=r.refused, missing=missing)
-            log.warning("round %d: only %d update(s) arrived (min %d); missing %s", rnd,
-                        len(accepted), self.cfg.min_clients, missing)
+            log.warning("round %d: only %d update(s) accepted (min %d); refused %s; missing %s", rnd,
+                        len(accepted), self.cfg.min_clients, sorted(r.refused), missing)
             return False
         with self.cond:
             metrics = self.strategy.aggregate(rnd)
@@ -432,6 +452,7 @@ class Engine:
             test_loss=score.loss, train_loss=train_loss, seconds=round(seconds, 3),
             up_mb=sum(t.payload_bytes for t in r.up.values()) / 1e6,
             down_mb=sum(t.payload_bytes for t in r.down.values()) / 1e6,
+            dp_epsilon=max((rec["metrics"].get("dp_epsilon", 0.0) for rec in records), default=None) or None,
             up_wire_mb=_sum_mb(rec["up"]["iface_bytes"] for rec in records if rec["status"] == "accepted"),
             down_wire_mb=_sum_mb(rec["down"]["iface_bytes"] for rec in records
                                  if rec["status"] == "accepted" and rec["down"]["payload_bytes"]),

@@ -115,7 +115,8 @@ class CoordinatorService(pbg.CoordinatorServicer):
     def Report(self, request: pb.ReportRequest, context) -> pb.ReportReply:
         try:
             self.engine.report(request.session_id, request.round, dict(request.metrics),
-                               request.profile if request.HasField("profile") else None)
+                               request.profile if request.HasField("profile") else None,
+                               request.decline_reason)
         except Refused as e:
             self._abort(context, e, "report")
         return pb.ReportReply()

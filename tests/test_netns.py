@@ -110,11 +110,19 @@ def test_interrupt_tears_everything_down(tmp_path, tiny_model):
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop root")
-def test_not_root_is_a_clear_error(tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("clients:\n  - {id: client-0}\n")
-    spec.chmod(0o644)
-    tmp_path.chmod(0o755)
+def test_not_root_is_a_clear_error():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:  # under /tmp: readable once opened up
+        os.chmod(tmp, 0o755)
+        spec = Path(tmp) / "spec.yaml"
+        spec.write_text("clients:\n  - {id: client-0}\n")
+        spec.chmod(0o644)
+        _assert_not_root_refused(spec)
+
+
+def _assert_not_root_refused(spec) -> None:
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
     if subprocess.run([*nobody, "-c", "import fedlora.deploy.cli; open(%r).read()" % str(spec)],
                       capture_output=True, timeout=120).returncode != 0:

@@ -52,6 +52,10 @@ class Strategy(ABC):
     def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
         """The adapter the evaluation model (and the final saved adapter) is built with."""
 
+    def admit(self, client: ClientInfo) -> str | None:
+        """Checks a client's (refreshed) profile; a reason refuses it from the run."""
+        return None
+
     @abstractmethod
     def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
         """Plans for the round's sampled clients, keyed by client id."""

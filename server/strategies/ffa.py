@@ -1,0 +1,52 @@
+"""FFA-LoRA (Sun et al., ICLR 2024): A frozen and identical everywhere, only B trained and sent.
+
+A is drawn from the run seed and each layer's name (``a_init: seeded``), so it never crosses
+the wire: a client regenerates it, and the coordinator compares a digest of it at join and
+refuses a client whose A differs. B starts at zero; the server averages B (and the classifier
+head) with weights n_k. Aggregation is exact, because B A is linear in B.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fedlora.common.config import ServerConfig
+from fedlora.common.model import lora_a_digest
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.aggregate import WeightedSum
+from fedlora.server.strategies.base import ClientInfo, Instruction
+from fedlora.server.strategies.fedavg import FedAvgLoRA
+
+FROZEN = r"\.lora_A\."
+SHIPPED = r"^(?!.*\.lora_A\.)"  # everything but A: B and the modules to save
+
+
+class FFALoRA(FedAvgLoRA):
+    name: ClassVar[str] = "ffa-lora"
+
+    @classmethod
+    def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
+        spec = super().adapter_spec(cfg)
+        spec.options["a_init"] = "seeded"
+        return spec
+
+    def admit(self, client: ClientInfo) -> str | None:
+        theirs = client.profile.extra.get("lora_a_digest", "")
+        ours = lora_a_digest(self.model.state())
+        if theirs != ours:
+            return (f"its frozen LoRA A (digest {theirs[:12] or 'missing'}) differs from the "
+                    f"coordinator's ({ours[:12]}): same seed, model and adapter config are required")
+        return None
+
+    def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
+        state = {n: t for n, t in self.global_state().items() if ".lora_A." not in n}
+        expected = {n: s for n, s in self.model.shapes().items() if ".lora_A." not in n}
+        out = {}
+        for c in clients:
+            plan = self.base_plan(rnd)
+            plan.train.append(".*")
+            plan.freeze.append(FROZEN)
+            plan.upload.append(SHIPPED)
+            out[c.id] = Instruction(plan, state, expected)
+        self._sum = WeightedSum()
+        return out
