@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -72,6 +73,14 @@ class Client:
                                     spec.test_fraction, spec.seed)
         return split.shard(spec.partition)
 
+    def _test_split(self, spec: pb.RunSpec) -> Dataset | None:
+        """The run's test split, for methods whose global model lives on the clients (the
+        built-in data only: with their own data, clients have no common test set)."""
+        if spec.dataset != TREC:
+            return None
+        return FederatedSplit.make(load_dataset(TREC), spec.num_partitions, spec.dirichlet_alpha,
+                                   spec.test_fraction, spec.seed).test()
+
     def _model_for(self, spec: pb.AdapterSpec) -> AdaptedModel:
         key = spec.SerializeToString(deterministic=True)
         if self.am is None or key != self._adapter_key:  # peft mutates the base: start from disk
@@ -89,6 +98,7 @@ class Client:
         log.info("joined %s as %s (run %s, strategy %s, partition %d)", cfg.server, cfg.client_id,
                  self.spec.run_id, self.spec.strategy, self.spec.partition)
         data = self._load_data(self.spec)
+        self.test_data = self._test_split(self.spec)
         train_idx, eval_idx = split_local(len(data), cfg.local_eval_fraction, self.spec.seed)
         self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
         self.tokenizer = load_tokenizer(cfg.model or self.spec.model)
@@ -119,6 +129,8 @@ class Client:
                 raise
             if task.kind == pb.Task.DONE:
                 log.info("run finished: %s", task.message)
+                if self.am is not None and last:  # this client's own final model, as a PEFT folder
+                    self.am.save(self.state_dir / "adapter")
                 return 0
             if task.kind == pb.Task.WAIT:
                 continue
@@ -164,6 +176,13 @@ class Client:
         update = {n: state[n] for n in select(am.names(), plan.upload)}
         if plan.upload_kind == "delta":
             update = {n: t - global_tensors[n].to(t.dtype) for n, t in update.items()}
+        if "class_stats" in plan.report:
+            noise = float(plan.options.get("stats_noise", "0") or 0)
+            update.update(class_stats(am, self.tokenizer, self.train_data, self.spec.num_labels,
+                                      self.spec.max_length, self.device, noise, self.spec.seed + rnd))
+        if "test_accuracy" in plan.report and self.test_data is not None:
+            test = evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length, self.device)
+            metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
         blob = pack(update, {"round": rnd, "client": self.cfg.client_id,
                              "num_examples": len(self.train_data),
                              "upload_kind": plan.upload_kind or "weights"},
@@ -214,6 +233,35 @@ class Client:
         log.info("round %d: downloaded %d B (%d on gRPC) in %.2fs", rnd, stats.payload_bytes,
                  stats.grpc_bytes, stats.seconds)
         return tensors, stats
+
+
+@torch.no_grad()
+def class_stats(am: AdaptedModel, tokenizer, data: Dataset, num_labels: int, max_length: int,
+                device: torch.device, noise_std: float, seed: int) -> dict[str, torch.Tensor]:
+    """Per-class mean [CLS] embedding of the *base* model (adapters off, so every client
+    embeds in the same space) and class counts; optional Gaussian noise on the means."""
+    from fedlora.common.evaluate import batches
+
+    model = am.model
+    hidden = model.config.hidden_size
+    sums = torch.zeros(num_labels, hidden, dtype=torch.float64)
+    counts = torch.zeros(num_labels, dtype=torch.float64)
+    was = model.training
+    model.eval()
+    ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with ctx:
+        for enc, labels in batches(data, tokenizer, 128, max_length):
+            out = model(**{k: v.to(device) for k, v in enc.items()}, output_hidden_states=True)
+            cls = out.hidden_states[-1][:, 0].double().cpu()
+            sums.index_add_(0, labels, cls)
+            counts += torch.bincount(labels, minlength=num_labels).double()
+    model.train(was)
+    means = sums / counts.clamp(min=1)[:, None]
+    if noise_std > 0:
+        g = torch.Generator().manual_seed(seed)
+        means = means + torch.randn(means.shape, generator=g, dtype=torch.float64) * noise_std
+    means[counts == 0] = 0.0
+    return {"fedlora.stats.class_mean": means.float(), "fedlora.stats.class_count": counts.float()}
 
 
 def run_client(cfg: ClientConfig) -> int:

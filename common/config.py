@@ -94,6 +94,19 @@ class CodecConfig(_Strict):
         return v
 
 
+class CELoRAConfig(_Strict):
+    """CE-LoRA's personalised aggregation (docs/methods.md): ``sim = lam * s_data +
+    (1 - lam) * s_param``, weights ``softmax(sim / tau)``."""
+
+    lam: float = Field(0.5, ge=0, le=1)
+    tau: float = Field(0.2, gt=0)
+    param_similarity: Literal["weights", "update"] = Field(
+        "weights", description="cosine of the flattened Cs, or of what each client changed in its C")
+    stats_noise: float = Field(0.0, ge=0, description="Gaussian noise std added to class means")
+    b_init_std: float = Field(1e-3, gt=0)
+    freeze_ab: bool = False
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
@@ -120,9 +133,13 @@ class ServerConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
+    ce_lora: CELoRAConfig = Field(default_factory=CELoRAConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServerConfig":
+        if self.strategy == "ce-lora" and self.training.dp.enabled:
+            raise ValueError("training.dp: DP-SGD is not supported with ce-lora (its C sits in a "
+                             "forward hook opacus cannot see)")
         n = self.clients if isinstance(self.clients, int) else len(self.clients)
         if n < 1:
             raise ValueError("clients: at least one client is needed")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fedlora.common.tuners import trilora
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 DEFAULT_MODEL = "default"
@@ -119,7 +120,7 @@ class AdaptedModel:
         if spec.kind == "none":
             self.model = base
             self.is_peft = False
-        elif spec.kind == "lora":
+        elif spec.kind in ("lora", trilora.KIND):
             from peft import LoraConfig, get_peft_model
 
             ranks = {k: v for k, v in spec.ranks.items()}
@@ -135,10 +136,15 @@ class AdaptedModel:
             torch.manual_seed(spec.init_seed)
             self.model = get_peft_model(base, config)
             self.is_peft = True
+            if spec.kind == trilora.KIND:
+                trilora.attach_c(self.model)
             if spec.options.get("a_init") == "seeded":
                 self._params = self._map_params()
                 self.load_state({n: seeded_lora_a(spec.init_seed, n, tuple(p.shape))
                                  for n, p in self._params.items() if ".lora_A." in n})
+            if spec.kind == trilora.KIND:
+                trilora.init_b(self._map_params(), spec.init_seed,
+                               trilora.TriLoraConfig.from_options(spec.options).b_init_std)
         else:
             raise ValueError(f"adapter kind {spec.kind!r} is not supported by this version")
         self._params = self._map_params()
@@ -195,6 +201,15 @@ class AdaptedModel:
         return self
 
     def save(self, folder: Path) -> None:
-        """A standard PEFT adapter folder (or a full HF model folder for kind ``none``)."""
+        """A standard PEFT adapter folder (or a full HF model folder for kind ``none``); a
+        tri-matrix adapter is saved as plain LoRA with C folded into A."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(folder), safe_serialization=True)
+        if self.spec.kind != trilora.KIND:
+            self.model.save_pretrained(str(folder), safe_serialization=True)
+            return
+        from safetensors.torch import save_file
+
+        self.model.peft_config["default"].save_pretrained(str(folder))
+        merged = trilora.merged_lora_state(self.state())
+        save_file({k: v.contiguous() for k, v in merged.items()}, str(folder / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})

@@ -98,7 +98,15 @@ def serve(cfg: ServerConfig) -> int:
     t0 = time.time()
     code = engine.run()
     adapter_dir = None
-    if engine.completed > 0:
+    personal = strategy.personal_state()
+    if personal:  # per-client tensors the coordinator ends with (personalised methods)
+        from safetensors.torch import save_file
+
+        (cfg.run_dir / "personal").mkdir(exist_ok=True)
+        for cid, tensors in personal.items():
+            save_file({k: v.contiguous() for k, v in tensors.items()},
+                      str(cfg.run_dir / "personal" / f"{cid}.safetensors"))
+    if engine.completed > 0 and strategy.server_evaluates:
         adapter_dir = cfg.run_dir / "adapter"
         model.save(adapter_dir)
         tokenizer.save_pretrained(str(adapter_dir))

@@ -440,9 +440,11 @@ class Engine:
             return False
         with self.cond:
             metrics = self.strategy.aggregate(rnd)
-        score = self.evaluate_fn()
         seconds = time.time() - r.started
         records = self._write_clients(r)
+        accepted_recs = [rec for rec in records if rec["status"] == "accepted"]
+        score = (self.evaluate_fn() if self.strategy.server_evaluates
+                 else _client_score(accepted_recs))
         losses = [(rec["train_loss"], rec["weight"]) for rec in records
                   if rec.get("train_loss") is not None and rec["status"] == "accepted"]
         train_loss = (sum(l * w for l, w in losses) / sum(w for _, w in losses)) if losses else None
@@ -450,6 +452,8 @@ class Engine:
             "round", round=rnd, attempt=attempt, planned=len(r.instructions), accepted=len(accepted),
             refused=sorted(r.refused), missing=missing, test_accuracy=score.accuracy,
             test_loss=score.loss, train_loss=train_loss, seconds=round(seconds, 3),
+            personal_accuracy=_weighted(accepted_recs, "local_accuracy"),
+            evaluated_by="coordinator" if self.strategy.server_evaluates else "clients",
             up_mb=sum(t.payload_bytes for t in r.up.values()) / 1e6,
             down_mb=sum(t.payload_bytes for t in r.down.values()) / 1e6,
             dp_epsilon=max((rec["metrics"].get("dp_epsilon", 0.0) for rec in records), default=None) or None,
@@ -514,6 +518,21 @@ def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -
         if not bool(torch.isfinite(out[name]).all()):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")
     return out
+
+
+def _weighted(records: list[dict[str, Any]], key: str) -> float | None:
+    """The weight-averaged (n_k) value of a reported metric, or None if nobody reported it."""
+    pairs = [(rec["metrics"][key], rec["weight"]) for rec in records
+             if rec.get("metrics", {}).get(key) is not None and rec.get("weight")]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def _client_score(records: list[dict[str, Any]]):
+    from fedlora.common.evaluate import Score
+
+    acc, loss = _weighted(records, "test_accuracy"), _weighted(records, "test_loss")
+    return Score(float("nan") if acc is None else acc, float("nan") if loss is None else loss, 0)
 
 
 def _sum_mb(values) -> float | None:

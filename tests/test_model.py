@@ -65,3 +65,29 @@ def test_per_module_ranks_override_the_default(tiny_model):
     assert shapes["base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.weight"][0] == 2
     assert shapes["base_model.model.bert.encoder.layer.0.attention.self.value.lora_A.weight"][0] == 6
     assert not any("layer.0.attention.self.query" in n for n in shapes)  # absent from ranks: no adapter
+
+
+def test_tri_matrix_adapter_saves_as_plain_lora_with_the_same_outputs(tiny_model, tmp_path):
+    from peft import PeftModel
+
+    from fedlora.common.model import load_tokenizer
+    from fedlora.common.tuners import trilora
+
+    spec = adapter_spec_from_config(AdapterConfig(rank=4), 0)
+    spec.kind = trilora.KIND
+    for k, v in trilora.TriLoraConfig(b_init_std=0.5).to_options().items():
+        spec.options[k] = v
+    am = AdaptedModel(load_base(str(tiny_model), 6, 0), spec)
+    c_names = [n for n in am.names() if n.endswith(".lora_C")]
+    assert len(c_names) == 4 and all(am.shapes()[n][0] == (4, 4) for n in c_names)
+    g = torch.Generator().manual_seed(1)
+    am.load_state({n: torch.randn(4, 4, generator=g) for n in c_names})
+    tok = load_tokenizer(str(tiny_model))
+    enc = tok(["what is the capital of france ?", "who wrote it ?"], return_tensors="pt", padding=True)
+    am.model.eval()
+    with torch.no_grad():
+        y = am.model(**enc).logits
+    am.save(tmp_path / "a")
+    loaded = PeftModel.from_pretrained(load_base(str(tiny_model), 6, 99), str(tmp_path / "a")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**enc).logits, y, rtol=1e-5, atol=1e-5)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
 from fedlora.server.strategies.fedavg import FedAvgFull, FedAvgLoRA
+from fedlora.server.strategies.ce_lora import CELoRA
 from fedlora.server.strategies.ffa import FFALoRA
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAvgLoRA, FedAvgFull, FFALoRA)}
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAvgLoRA, FedAvgFull, FFALoRA, CELoRA)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

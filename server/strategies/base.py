@@ -42,6 +42,9 @@ class Instruction:
 
 class Strategy(ABC):
     name: ClassVar[str]
+    # False when the global model lives on the clients (personal adapters): the round's test
+    # accuracy is then the n_k-weighted mean of what the clients measure on the test split.
+    server_evaluates: ClassVar[bool] = True
 
     def __init__(self, cfg: ServerConfig, model: AdaptedModel):
         self.cfg = cfg
@@ -75,6 +78,10 @@ class Strategy(ABC):
 
     def global_state(self) -> dict[str, torch.Tensor]:
         return self.model.state()
+
+    def personal_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-client tensors the coordinator holds at the end (personalised methods)."""
+        return {}
 
     def base_plan(self, rnd: int) -> pb.Plan:
         """The parts of a plan every method shares: local training and the upload codec."""
