@@ -1,6 +1,6 @@
 """Runs several federated configurations on the default task and compares them.
 
-    .venv/bin/python bench/compare.py --suite dp [--rounds 5] [--only NAME,...]
+    .venv/bin/python bench/compare.py [--suite methods] [--rounds 5] [--only NAME,...]
 
 Each configuration is the README demo (deploy/demo.yaml: all-MiniLM-L6-v2, TREC, 4 clients,
 Dirichlet 0.5, r=8, 30 local steps) run as a real local cluster with `fedlora run`, changed
@@ -19,16 +19,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+FFA = ["--strategy", "ffa-lora", "--lr", "0.01"]  # FFA-LoRA tolerates larger learning rates (paper)
 SUITES: dict[str, dict[str, list[str]]] = {
-    # FedAvg-LoRA vs FFA-LoRA, without DP and under DP-SGD at epsilon 3 and 1 (delta 1e-5,
-    # clip 1.0). FFA-LoRA gets twice the learning rate: the paper reports it tolerates larger ones.
-    "dp": {
-        "fedavg-lora": ["--strategy", "fedavg-lora"],
-        "ffa-lora": ["--strategy", "ffa-lora", "--lr", "0.01"],
-        "fedavg-lora eps=3": ["--strategy", "fedavg-lora", "--dp-epsilon", "3"],
-        "ffa-lora eps=3": ["--strategy", "ffa-lora", "--lr", "0.01", "--dp-epsilon", "3"],
-        "fedavg-lora eps=1": ["--strategy", "fedavg-lora", "--dp-epsilon", "1"],
-        "ffa-lora eps=1": ["--strategy", "ffa-lora", "--lr", "0.01", "--dp-epsilon", "1"],
+    # Issue 4: FedAvg-LoRA, FFA-LoRA, CE-LoRA at Dirichlet 0.5 and 0.1; FedAvg-LoRA vs FFA-LoRA
+    # under DP-SGD at epsilon 3 and 1 (delta 1e-5, clip 1.0) at Dirichlet 0.5.
+    "methods": {
+        "fedavg-lora a=0.5": ["--strategy", "fedavg-lora"],
+        "ffa-lora a=0.5": FFA,
+        "ce-lora a=0.5": ["--strategy", "ce-lora"],
+        "fedavg-lora a=0.1": ["--strategy", "fedavg-lora", "--dirichlet-alpha", "0.1"],
+        "ffa-lora a=0.1": [*FFA, "--dirichlet-alpha", "0.1"],
+        "ce-lora a=0.1": ["--strategy", "ce-lora", "--dirichlet-alpha", "0.1"],
+        "fedavg-lora a=0.5 eps=3": ["--strategy", "fedavg-lora", "--dp-epsilon", "3"],
+        "ffa-lora a=0.5 eps=3": [*FFA, "--dp-epsilon", "3"],
+        "fedavg-lora a=0.5 eps=1": ["--strategy", "fedavg-lora", "--dp-epsilon", "1"],
+        "ffa-lora a=0.5 eps=1": [*FFA, "--dp-epsilon", "1"],
     },
 }
 
@@ -53,7 +58,9 @@ def run(name: str, flags: list[str], rounds: int, out: Path) -> dict:
             curve.append((round(total, 4), rec["test_accuracy"], rec.get("time")))
     eps = [r["metrics"].get("dp_epsilon") for r in rounds_ if r["type"] == "client" and r["metrics"]]
     eps = [e for e in eps if e is not None]
+    last = [r for r in rounds_ if r["type"] == "round"][-1]
     return {"config": name, "flags": flags, "final_accuracy": summary["final_accuracy"],
+            "personal_accuracy": last.get("personal_accuracy"), "evaluated_by": last.get("evaluated_by"),
             "mb_up": summary["mb_up"], "mb_down": summary["mb_down"], "wall_seconds": summary["elapsed_seconds"],
             "max_epsilon": max(eps) if eps else None, "curve": curve}
 
@@ -67,7 +74,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         xs, ys = [c[0] for c in r["curve"]], [c[1] for c in r["curve"]]
-        ax.plot(xs, ys, marker="o", label=r["config"])
+        ax.plot(xs, ys, marker="o", markersize=3, linestyle="--" if "eps" in r["config"] else "-",
+                label=r["config"])
     ax.set_xlabel("cumulative MB on the wire (payload, up + down, all clients)")
     ax.set_ylabel("global test accuracy")
     ax.set_title(title)
@@ -79,7 +87,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--suite", choices=sorted(SUITES), default="dp")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="methods")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", help="comma-separated configuration names")
     ap.add_argument("--out", default=None)
@@ -95,11 +103,13 @@ def main() -> None:
         print(f"done {name}: accuracy {rows[name]['final_accuracy']:.4f}", flush=True)
         results_path.write_text(json.dumps(list(rows.values()), indent=1))
     ordered = [rows[n] for n in suite if n in rows]
-    print(f"{'config':<20} {'final acc':>9} {'MB up':>8} {'MB down':>8} {'seconds':>8} {'max eps':>8}")
+    print(f"| config | global acc | personal acc | MB up | MB down | seconds | max epsilon |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in ordered:
         eps = "-" if r["max_epsilon"] is None else f"{r['max_epsilon']:.3f}"
-        print(f"{r['config']:<20} {r['final_accuracy']:>9.4f} {r['mb_up']:>8.3f} {r['mb_down']:>8.3f} "
-              f"{r['wall_seconds']:>8.1f} {eps:>8}")
+        pers = "-" if r.get("personal_accuracy") is None else f"{r['personal_accuracy']:.4f}"
+        print(f"| {r['config']} | {r['final_accuracy']:.4f} | {pers} | {r['mb_up']:.3f} | {r['mb_down']:.3f} | "
+              f"{r['wall_seconds']:.1f} | {eps} |")
     plot(ordered, out / "accuracy_vs_mb.png", f"suite '{args.suite}': accuracy against bytes")
     print(f"plot: {out / 'accuracy_vs_mb.png'}")
 

@@ -61,6 +61,7 @@ class Client:
         self._adapter_key = b""
         self._held: tuple[str, dict[str, torch.Tensor]] | None = None  # (digest, global tensors)
         self._chains: dict[tuple[str, ...], Chain] = {}
+        self._personal = False  # the last plan kept tensors local: this client's model is its own
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, spec: pb.RunSpec) -> Dataset:
@@ -129,8 +130,9 @@ class Client:
                 raise
             if task.kind == pb.Task.DONE:
                 log.info("run finished: %s", task.message)
-                if self.am is not None and last:  # this client's own final model, as a PEFT folder
+                if self.am is not None and self._personal:  # its own model: save it, PEFT format
                     self.am.save(self.state_dir / "adapter")
+                    log.info("personal adapter saved to %s", self.state_dir / "adapter")
                 return 0
             if task.kind == pb.Task.WAIT:
                 continue
@@ -157,6 +159,7 @@ class Client:
         global_tensors, down = self._global_state(rnd, plan.global_state)
         local_path = self.state_dir / "local.safetensors"
         keep = set(select(am.names(), plan.keep_local)) if plan.keep_local else set()
+        self._personal = bool(keep)
         am.load_state({k: v for k, v in global_tensors.items() if k not in keep})
         if keep and local_path.is_file():
             am.load_state({k: v for k, v in load_file(str(local_path)).items() if k in keep})

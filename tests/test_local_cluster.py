@@ -91,3 +91,23 @@ def test_full_fedavg_moves_updates_larger_than_grpc_message_limit(tmp_path, smal
     for rec in records(run_dir, "client"):
         assert rec["status"] == "accepted"
         assert rec["up"]["payload_bytes"] > 4 * 2**20 and rec["down"]["payload_bytes"] > 4 * 2**20
+
+
+def test_coordinator_serves_standard_grpc_health_and_stops_on_sigterm(tmp_path, tiny_model):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    run_dir = tmp_path / "run"
+    server, address = start_server(run_dir, {"model": str(tiny_model), "clients": 2, "min_clients": 1})
+    try:
+        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+        for service in ("", "fedlora.v1.Coordinator"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 1  # stopped before any round: a failed run, recorded
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert "interrupted by signal SIGTERM" in summary["error"]
+    finally:
+        if server.poll() is None:
+            server.kill()
