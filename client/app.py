@@ -12,16 +12,19 @@ import grpc
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedlora.client.privacy import BudgetExhausted, PrivacyLedger, steps_per_round
+from fedlora.client.importance import IMPORTANCE_PREFIX, ImportanceEMA
+from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
+from fedlora.client.profiling import measure_block_seconds
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
 from fedlora.common.blob import pack, unpack
 from fedlora.common.codec import Chain
 from fedlora.common.config import ClientConfig
 from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
-from fedlora.common.evaluate import evaluate
-from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_a_digest, select
+from fedlora.common.evaluate import batches, evaluate
+from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_a_digest, lora_pairs, select
 from fedlora.common.netstat import InterfaceMeter
+from fedlora.common.training import steps_per_round
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 log = logging.getLogger("fedlora.client")
@@ -62,6 +65,7 @@ class Client:
         self._held: tuple[str, dict[str, torch.Tensor]] | None = None  # (digest, global tensors)
         self._chains: dict[tuple[str, ...], Chain] = {}
         self._personal = False  # the last plan kept tensors local: this client's model is its own
+        self._profile: pb.DeviceProfile | None = None  # the last one reported
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, spec: pb.RunSpec) -> Dataset:
@@ -105,7 +109,9 @@ class Client:
         self.tokenizer = load_tokenizer(cfg.model or self.spec.model)
         profile = device_profile(self.device, len(self.train_data))
         if self.spec.adapter.kind == "lora":  # build it now: the coordinator checks its A at join
-            profile.extra["lora_a_digest"] = lora_a_digest(self._model_for(self.spec.adapter).state())
+            am = self._model_for(self.spec.adapter)
+            profile.extra["lora_a_digest"] = lora_a_digest(am.state())
+            profile.layer_seconds.update(self._block_seconds(am))
         if cfg.probe_bytes:
             up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or (1 << 20))
             profile.upload_bytes_per_second, profile.download_bytes_per_second = up, down
@@ -113,6 +119,7 @@ class Client:
         log.info("interface bytes: %s", self.meter.interface if self.meter.available else
                  f"not available ({self.meter.reason})")
         self.conn.report(0, {"num_examples": float(len(self.train_data))}, profile)
+        self._profile = profile
         log.info("%d training and %d local evaluation examples", len(self.train_data), len(self.eval_data))
         last = 0
         while True:
@@ -164,9 +171,16 @@ class Client:
         if keep and local_path.is_file():
             am.load_state({k: v for k, v in load_file(str(local_path)).items() if k in keep})
         trained = am.set_trainable(list(plan.train), list(plan.freeze))
-        log.info("round %d: training %d tensors on %d examples", rnd, len(trained), len(self.train_data))
+        log.info("round %d: training %d tensors on %d examples%s", rnd, len(trained), len(self.train_data),
+                 "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())))
+        importance = after_backward = None
+        if "importance" in plan.report:
+            importance = ImportanceEMA(float(plan.options.get("beta1", "0.85")),
+                                       float(plan.options.get("beta2", "0.85")))
+            pairs = {path: (am.parameter(a), am.parameter(b)) for path, (a, b) in lora_pairs(am.names()).items()}
+            after_backward = lambda: importance.update(pairs)  # noqa: E731
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                              self.spec.seed * 100_003 + rnd, self.device, ledger)
+                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward)
         if ledger is not None:
             ledger.record(steps_per_round(plan.training, len(self.train_data)))
             metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,
@@ -183,6 +197,10 @@ class Client:
             noise = float(plan.options.get("stats_noise", "0") or 0)
             update.update(class_stats(am, self.tokenizer, self.train_data, self.spec.num_labels,
                                       self.spec.max_length, self.device, noise, self.spec.seed + rnd))
+        if importance is not None:
+            scores = importance.scores()
+            update.update({IMPORTANCE_PREFIX + path: scores.get(path, torch.zeros(am.parameter(a).shape[0]))
+                           for path, (a, _b) in lora_pairs(am.names()).items()})
         if "test_accuracy" in plan.report and self.test_data is not None:
             test = evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length, self.device)
             metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
@@ -205,10 +223,48 @@ class Client:
         for key, c in (("down", down.iface), ("up", iface_up)):
             if c is not None:
                 metrics[f"iface_{key}_rx_bytes"], metrics[f"iface_{key}_tx_bytes"] = float(c.rx), float(c.tx)
-        self.conn.report(rnd, metrics)
+        self.conn.report(rnd, metrics, self._refreshed_profile(metrics, down, up)
+                         if "profile" in plan.report else None)
         log.info("round %d: loss %.4f, local accuracy %.4f, up %d B (%d on gRPC) in %.2fs, round %.1fs",
                  rnd, metrics["train_loss"], score.accuracy, up.payload_bytes, up.grpc_bytes,
                  up.seconds, time.perf_counter() - t_round)
+
+    def _block_seconds(self, am: AdaptedModel) -> dict[str, float]:
+        """Per-block forward/backward seconds of one training step at the measured batch size
+        (``batch`` in the map), for planners that choose LoRA depth."""
+        n = min(32, len(self.train_data))
+        if n == 0:
+            return {}
+        enc, labels = next(batches(self.train_data, self.tokenizer, n, self.spec.max_length, list(range(n))))
+        am.set_trainable([".*"], [])
+        out = measure_block_seconds(am.model, {k: v.to(self.device) for k, v in enc.items()}, labels.to(self.device))
+        if out:
+            out["batch"] = float(n)
+            log.info("one step of %d examples: %.3fs (%d blocks measured)", n, out["step"],
+                     sum(k.startswith("fwd.") for k in out))
+        return out
+
+    def _refreshed_profile(self, metrics: dict[str, float], down, up) -> pb.DeviceProfile:
+        """The join profile with this round's evidence: link rates from the round's own
+        transfers (where big enough to mean something), and the per-block times scaled by how
+        this round's steps compared with the step measured at join (contention, throttling)."""
+        p = pb.DeviceProfile()
+        p.CopyFrom(self._profile or device_profile(self.device, len(self.train_data)))
+        if up.payload_bytes >= (64 << 10) and up.seconds > 0:
+            p.upload_bytes_per_second = up.payload_bytes / up.seconds
+        if down.payload_bytes >= (64 << 10) and down.seconds > 0:
+            p.download_bytes_per_second = down.payload_bytes / down.seconds
+        p.examples_per_second = metrics.get("examples_per_second", 0.0)
+        step, steps = p.layer_seconds.get("step", 0.0), metrics.get("steps", 0.0)
+        if step > 0 and steps > 0 and metrics.get("train_seconds", 0.0) > 0:
+            batch = p.layer_seconds.get("batch", 1.0)
+            seen_per_step = metrics.get("examples_seen", 0.0) / steps
+            factor = (metrics["train_seconds"] / steps) / (step * max(seen_per_step, 1.0) / batch)
+            for k in list(p.layer_seconds):
+                if k.startswith(("fwd.", "bwd.")) or k in ("fixed", "step"):
+                    p.layer_seconds[k] *= factor
+        self._profile = p
+        return p
 
     def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:
         return PrivacyLedger.open(self.state_dir / "privacy.json", t.dp, len(self.train_data),

@@ -83,9 +83,3 @@ class PrivacyLedger:
             "target_epsilon": self.target_epsilon, "delta": self.delta, "clip_norm": self.clip_norm,
             "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
             "history": self.history}, indent=1))
-
-
-def steps_per_round(t: pb.LocalTraining, n: int) -> int:
-    per_epoch = max(1, math.ceil(n / max(1, t.batch_size)))
-    total = per_epoch * max(1, t.epochs)
-    return min(total, t.max_steps) if t.max_steps else total

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedlora.client.privacy import PrivacyLedger, steps_per_round
+from fedlora.client.privacy import PrivacyLedger
+from fedlora.common.training import steps_per_round
 from fedlora.common.data import Dataset
 from fedlora.common.evaluate import batches
 from fedlora.common.model import AdaptedModel
@@ -50,12 +51,21 @@ def _poisson(data: Dataset, tokenizer, steps: int, rate: float, max_length: int,
 
 
 def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining, max_length: int,
-                seed: int, device: torch.device, ledger: PrivacyLedger | None = None) -> dict[str, float]:
-    """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise)."""
+                seed: int, device: torch.device, ledger: PrivacyLedger | None = None,
+                after_backward: Callable[[], None] | None = None) -> dict[str, float]:
+    """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise).
+
+    ``regularisation["prox_mu"]`` adds FedProx's ``mu/2 ||theta - theta_start||^2`` (its
+    gradient, after backward); ``after_backward`` sees the gradients of every step before the
+    optimizer does (importance scores)."""
     model = am.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the plan leaves nothing trainable")
+    mu = float(t.regularisation.get("prox_mu", 0.0))
+    if mu > 0 and ledger is not None:
+        raise ValueError("a proximal term cannot be combined with DP-SGD")
+    anchor = [p.detach().clone() for p in params] if mu > 0 else None
     opt = make_optimizer(params, t)
     rng = np.random.default_rng(seed)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -84,6 +94,13 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {done}")
             loss.backward()
+            if anchor is not None:
+                with torch.no_grad():
+                    for p, p0 in zip(params, anchor):
+                        if p.grad is not None:
+                            p.grad.add_(p - p0, alpha=mu)
+            if after_backward is not None:
+                after_backward()
             if ledger is None and t.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             opt.step()

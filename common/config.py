@@ -107,6 +107,48 @@ class CELoRAConfig(_Strict):
     freeze_ab: bool = False
 
 
+class RanksConfig(_Strict):
+    """Per-client LoRA ranks for rank-varying methods, and the rule combining mixed ranks.
+
+    A client's rank is ``client_ranks[id]`` if given; else, with ``source: memory``, ``adapter.rank``
+    scaled by its memory against the best-provisioned client (a power of two); else ``cycle``
+    indexed by its partition (default: ``adapter.rank``, half, a quarter, ...).
+    """
+
+    rule: Literal["hetlora", "flexlora"] = "flexlora"
+    weighting: Literal["examples", "norm"] = Field(
+        "norm", description="HetLoRA weights: n_k, or the paper's ||s_k B_k A_k||_F")
+    client_ranks: dict[str, int] = Field(default_factory=dict)
+    cycle: list[int] = Field(default_factory=list)
+    source: Literal["spec", "memory"] = "spec"
+    min_rank: int = Field(1, ge=1)
+
+
+class SAFedLoRAConfig(_Strict):
+    """SA-FedLoRA (docs/methods.md): a proximal initiating stage, then a rank budget annealed
+    from ``adapter.rank`` per layer to ``final_rank`` per layer (totals over the adapted layers)."""
+
+    prox_mu: float = Field(0.01, ge=0)
+    initiating_rounds: int = Field(1, ge=0)
+    heating_rounds: int = Field(1, ge=0)
+    cooling_rounds: int = Field(3, ge=1)
+    final_rank: float = Field(2.0, gt=0, description="mean rank per layer at the end of cooling")
+    curve: Literal["temperature", "cubic"] = "temperature"
+    gamma: float = Field(0.7, gt=0, lt=1)
+    min_rank: int = Field(1, ge=0, description="triplets every layer keeps")
+    beta1: float = Field(0.85, ge=0, lt=1)
+    beta2: float = Field(0.85, ge=0, lt=1)
+
+
+class LegendConfig(_Strict):
+    """LEGEND's planner (docs/methods.md): LoRA depth and ranks growing towards the output."""
+
+    r_min: int = Field(2, ge=1)
+    min_depth: int = Field(1, ge=1)
+    budget: int = Field(0, ge=0, description="total rank over all clients and layers; 0 = none")
+    deadline_s: float = Field(0.0, ge=0, description="predicted round time not to exceed; 0 = none")
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
@@ -134,12 +176,25 @@ class ServerConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
     ce_lora: CELoRAConfig = Field(default_factory=CELoRAConfig)
+    ranks: RanksConfig = Field(default_factory=RanksConfig)
+    sa_fedlora: SAFedLoRAConfig = Field(default_factory=SAFedLoRAConfig)
+    legend: LegendConfig = Field(default_factory=LegendConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServerConfig":
         if self.strategy == "ce-lora" and self.training.dp.enabled:
             raise ValueError("training.dp: DP-SGD is not supported with ce-lora (its C sits in a "
                              "forward hook opacus cannot see)")
+        for where, ranks in (("ranks.client_ranks", list(self.ranks.client_ranks.values())),
+                             ("ranks.cycle", self.ranks.cycle)):
+            bad = [r for r in ranks if not 1 <= r <= self.adapter.rank]
+            if bad:
+                raise ValueError(f"{where}: rank {bad[0]} outside 1..adapter.rank ({self.adapter.rank})")
+        if self.legend.r_min > self.adapter.rank:
+            raise ValueError(f"legend.r_min ({self.legend.r_min}) exceeds adapter.rank ({self.adapter.rank})")
+        if self.strategy == "sa-fedlora" and self.training.dp.enabled:
+            raise ValueError("training.dp: DP-SGD is not supported with sa-fedlora (its proximal "
+                             "term and importance scores need plain gradients)")
         n = self.clients if isinstance(self.clients, int) else len(self.clients)
         if n < 1:
             raise ValueError("clients: at least one client is needed")

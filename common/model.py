@@ -103,6 +103,25 @@ def lora_a_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+# Upload tensors under this prefix are reports that ride with an update (class statistics,
+# importance scores), not model state: never deltas, never aggregated as weights.
+REPORT_PREFIX = "fedlora."
+IMPORTANCE_PREFIX = REPORT_PREFIX + "importance."  # + module path: per-triplet scores
+
+_LORA = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<kind>[AB])\.weight$")
+
+
+def lora_pairs(names) -> dict[str, tuple[str, str]]:
+    """Module path (as in ``AdapterSpec.ranks``) -> (A name, B name) for every LoRA layer
+    among the wire names ``names``."""
+    found: dict[str, dict[str, str]] = {}
+    for n in names:
+        m = _LORA.match(n)
+        if m:
+            found.setdefault(m["path"], {})[m["kind"]] = n
+    return {p: (d["A"], d["B"]) for p, d in found.items() if "A" in d and "B" in d}
+
+
 def _matches(patterns: list[str] | tuple[str, ...], name: str) -> bool:
     return any(re.search(p, name) for p in patterns)
 

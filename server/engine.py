@@ -23,6 +23,7 @@ import torch
 from fedlora.common.blob import Blob, BlobError, pack, tensor_bytes, unpack
 from fedlora.common.codec import Chain
 from fedlora.common.config import ClientEntry, ServerConfig
+from fedlora.common.model import REPORT_PREFIX
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.errors import Refused
 from fedlora.server.runlog import RunLog
@@ -507,13 +508,17 @@ class Engine:
 
 
 def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights from a delta upload: the round's global tensors plus the client's difference."""
-    missing = sorted(set(delta) - set(base))
+    """Weights from a delta upload: the round's global tensors plus the client's difference.
+    Reports (``fedlora.*``) ride along as they are."""
+    missing = sorted(n for n in set(delta) - set(base) if not n.startswith(REPORT_PREFIX))
     if missing:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
                       f"delta for {missing[0]!r}, which the round's global state does not hold")
     out = {}
     for name, d in delta.items():
+        if name not in base:
+            out[name] = d
+            continue
         out[name] = (base[name].to(torch.float64) + d.to(torch.float64)).to(base[name].dtype)
         if not bool(torch.isfinite(out[name]).all()):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")

@@ -6,8 +6,12 @@ from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
 from fedlora.server.strategies.fedavg import FedAvgFull, FedAvgLoRA
 from fedlora.server.strategies.ce_lora import CELoRA
 from fedlora.server.strategies.ffa import FFALoRA
+from fedlora.server.strategies.hetero import FlexLoRA, HetLoRA
+from fedlora.server.strategies.legend import Legend
+from fedlora.server.strategies.sa_fedlora import SAFedLoRA
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAvgLoRA, FedAvgFull, FFALoRA, CELoRA)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (FedAvgLoRA, FedAvgFull, FFALoRA, CELoRA, HetLoRA, FlexLoRA, SAFedLoRA, Legend)}
 
 
 def strategy_class(name: str) -> type[Strategy]:

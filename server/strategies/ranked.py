@@ -1,0 +1,180 @@
+"""LoRA with ranks that vary by client and by layer: the base of HetLoRA, FlexLoRA, SA-FedLoRA
+and LEGEND.
+
+Subclasses only decide ranks (:meth:`RankedLoRA.ranks_for`: module path -> rank, 0 = no LoRA
+on that layer for this client) and may add to the plan (:meth:`RankedLoRA.extend_plan`);
+this class turns ranks into adapter specs, cuts each client's download from the global state
+at its ranks, derives the exact upload shapes the engine validates, and aggregates per layer
+over the clients that trained it with the HetLoRA or FlexLoRA rule (server/hetrank.py).
+
+The coordinator's global state (and evaluation model, and final adapter) holds every layer at
+``r_max = adapter.rank`` with peft's scaling ``alpha / r_max``. Under FlexLoRA the exact
+aggregate ``dW`` of each layer is kept as well and every download is cut from it by SVD; the
+evaluation model then holds its best rank-``r_max`` approximation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from fedlora.common.config import ServerConfig
+from fedlora.common.model import adapter_spec_from_config
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.aggregate import WeightedSum
+from fedlora.server.hetrank import HetLoRASum, ProductSum, lora_pairs, redistribute, scaling, truncate
+from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy, TensorSpec
+
+Ranks = dict[str, int]
+
+
+class RankedLoRA(Strategy):
+    server_evaluates: ClassVar[bool] = True
+
+    @classmethod
+    def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
+        return adapter_spec_from_config(cfg.adapter, cfg.seed)
+
+    def __init__(self, cfg: ServerConfig, model, rule: str | None = None):
+        super().__init__(cfg, model)
+        self.rule = rule or cfg.ranks.rule
+        self.weighting = cfg.ranks.weighting
+        self.alpha = cfg.adapter.alpha
+        self.r_max = cfg.adapter.rank
+        state = model.state()
+        self.pairs = lora_pairs(state)  # module path -> (A name, B name)
+        if not self.pairs:
+            raise ValueError(f"strategy {self.name}: the adapter has no LoRA layers")
+        self.dims = {p: (state[a].shape[1], state[b].shape[0]) for p, (a, b) in self.pairs.items()}
+        lora_names = {n for ab in self.pairs.values() for n in ab}
+        self.others = {n: s for n, s in model.shapes().items() if n not in lora_names}
+        self.products: dict[str, torch.Tensor] = {}  # FlexLoRA: exact dW per layer, once aggregated
+        self._sent: dict[str, Ranks] = {}
+        self._sums: dict[str, HetLoRASum | ProductSum] = {}
+        self._rest: WeightedSum | None = None
+
+    # ---------------------------------------------------------------- for subclasses
+    def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
+        """Per client id: module path -> rank (0 or absent = no LoRA there)."""
+        raise NotImplementedError
+
+    def extend_plan(self, rnd: int, client: ClientInfo, ranks: Ranks, plan: pb.Plan,
+                    expected: dict[str, TensorSpec]) -> None:
+        """Adds method-specific parts (regularisation, reports) to one client's plan."""
+
+    def on_update(self, client: ClientInfo, update: dict[str, torch.Tensor], weight: float) -> None:
+        """Sees the extra (non-adapter) tensors a client reported, e.g. importance scores."""
+
+    # ---------------------------------------------------------------- the cut
+    def layer_factors(self, path: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global layer at ``rank`` in scaling ``alpha / rank``."""
+        if self.rule == "flexlora" and path in self.products:
+            return redistribute(self.products[path], rank, scaling(self.alpha, rank))
+        a_name, b_name = self.pairs[path]
+        A, B = self.model.parameter(a_name).detach().cpu(), self.model.parameter(b_name).detach().cpu()
+        return truncate(A, B, scaling(self.alpha, self.r_max), rank, scaling(self.alpha, rank))
+
+    def spec_for(self, ranks: Ranks) -> pb.AdapterSpec:
+        spec = self.adapter_spec(self.cfg)
+        spec.rank = max(ranks.values())
+        for path in sorted(self.pairs):
+            spec.ranks[path] = ranks.get(path, 0)
+        return spec
+
+    def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
+        ranks = self.ranks_for(rnd, clients)
+        state = self.global_state()
+        rest = {n: state[n] for n in self.others}
+        cut: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, TensorSpec]]] = {}
+        out = {}
+        for c in clients:
+            r = {p: v for p, v in ranks[c.id].items() if v > 0}
+            if not r:
+                raise ValueError(f"strategy {self.name}: client {c.id} was given no LoRA layer")
+            key = tuple(sorted(r.items()))
+            if key not in cut:  # clients with the same ranks share one download blob
+                tensors, expected = dict(rest), dict(self.others)
+                for path, rank in r.items():
+                    A, B = self.layer_factors(path, rank)
+                    a_name, b_name = self.pairs[path]
+                    tensors[a_name], tensors[b_name] = A, B
+                    expected[a_name], expected[b_name] = (tuple(A.shape), A.dtype), (tuple(B.shape), B.dtype)
+                cut[key] = (tensors, expected)
+            tensors, expected = cut[key]
+            plan = self.base_plan(rnd)
+            plan.adapter.CopyFrom(self.spec_for(r))
+            plan.train.append(".*")
+            plan.upload.append(".*")
+            expected = dict(expected)
+            self.extend_plan(rnd, c, r, plan, expected)
+            out[c.id] = Instruction(plan, tensors, expected)
+            self._sent[c.id] = r
+        self._sums = {}
+        self._rest = WeightedSum()
+        return out
+
+    # ---------------------------------------------------------------- aggregation
+    def fold(self, rnd: int, client: ClientInfo, update: dict[str, torch.Tensor], weight: float) -> None:
+        assert self._rest is not None, "fold before configure"
+        ranks = self._sent[client.id]
+        for path, rank in ranks.items():
+            a_name, b_name = self.pairs[path]
+            acc = self._sums.get(path)
+            if acc is None:
+                acc = self._sums[path] = (ProductSum() if self.rule == "flexlora" else
+                                          HetLoRASum(self.r_max, scaling(self.alpha, self.r_max), self.weighting))
+            acc.add(update[a_name], update[b_name], scaling(self.alpha, rank), weight)
+        self._rest.add({n: update[n] for n in self.others}, weight)
+        self.on_update(client, update, weight)
+
+    def aggregate(self, rnd: int) -> dict[str, Any]:
+        assert self._rest is not None and len(self._rest) > 0, "aggregate with no updates"
+        new: dict[str, torch.Tensor] = dict(self._rest.mean())
+        s_max = scaling(self.alpha, self.r_max)
+        for path, acc in self._sums.items():
+            a_name, b_name = self.pairs[path]
+            if isinstance(acc, ProductSum):
+                dW = acc.result()
+                if dW is None:
+                    continue
+                self.products[path] = dW
+                new[a_name], new[b_name] = redistribute(dW, self.r_max, s_max)
+            else:
+                got = acc.result()
+                if got is not None:
+                    new[a_name], new[b_name] = got
+        self.model.load_state(new)
+        n = len(self._rest)
+        self._rest, self._sums = None, {}
+        return {"aggregated": float(n), "rule": self.rule,
+                "client_ranks": {c: rank_summary(r) for c, r in sorted(self._sent.items())}}
+
+    def discard(self, rnd: int) -> None:
+        self._rest, self._sums = None, {}
+
+    def lora_floats(self, ranks: Ranks) -> int:
+        """Numbers one client's LoRA factors hold at ``ranks`` (each way)."""
+        return sum(r * sum(self.dims[p]) for p, r in ranks.items())
+
+
+def rank_summary(ranks: Ranks) -> dict[str, Any]:
+    """Ranks for the log: the total and the per-layer list in layer order."""
+    vals = [ranks[p] for p in sorted(ranks, key=_natural)]
+    return {"total": sum(vals), "layers": len(vals), "ranks": vals}
+
+
+def _natural(path: str) -> tuple:
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
+
+
+def rank_from_memory(memory: int, top: int, r_min: int, r_max: int) -> int:
+    """A client's rank from its memory relative to the best-provisioned client, rounded down
+    to a power of two within [r_min, r_max]."""
+    if memory <= 0 or top <= 0:
+        return r_max
+    r = r_max * memory / top
+    return max(r_min, min(r_max, 2 ** int(math.floor(math.log2(max(r, 1))))))

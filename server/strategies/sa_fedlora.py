@@ -1,0 +1,110 @@
+"""SA-FedLoRA (arXiv 2405.09394): a proximal initiating stage, then an annealed rank budget.
+
+Initiating: for ``sa_fedlora.initiating_rounds`` rounds the plan carries ``prox_mu``, so
+clients train with ``mu/2 ||theta - theta_global||^2`` and drift less.
+Annealing (AdaLoRA's mechanics lifted to rounds, our reading, docs/methods.md): every layer
+starts at ``adapter.rank``; clients report each LoRA triplet's importance with their update;
+after aggregating (same ranks everywhere, so a plain n_k-weighted average of the factors) the
+coordinator sums the importances (n_k-weighted), keeps the top triplets of the next round's
+budget (server/budget.py), drops the rest and re-factorises each layer by SVD, so the triplets
+of the next round are singular triplets ``P diag(lambda) Q`` with lambda folded into B. The
+next plans carry the per-layer ranks that survived: pruned ranks vanish from the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from fedlora.common.model import IMPORTANCE_PREFIX
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.budget import BudgetSchedule, keep_top, prune
+from fedlora.server.hetrank import redistribute, scaling, truncate
+from fedlora.server.strategies.base import ClientInfo, TensorSpec
+from fedlora.server.strategies.ranked import RankedLoRA, Ranks, rank_summary
+
+
+class SAFedLoRA(RankedLoRA):
+    name: ClassVar[str] = "sa-fedlora"
+
+    def __init__(self, cfg, model):
+        super().__init__(cfg, model, rule="hetlora")
+        self.weighting = "examples"  # equal ranks: the plain FedAvg of the factors
+        sa = cfg.sa_fedlora
+        n = len(self.pairs)
+        b0 = self.r_max * n
+        self.schedule = BudgetSchedule(
+            b0=b0, b_final=max(1, min(b0, round(sa.final_rank * n))),
+            heating_rounds=sa.initiating_rounds + sa.heating_rounds,
+            cooling_rounds=sa.cooling_rounds, curve=sa.curve, gamma=sa.gamma)
+        self.layer_ranks: Ranks = dict.fromkeys(self.pairs, self.r_max)
+        self._importance: dict[str, torch.Tensor] = {}
+        self._weight = 0.0
+
+    def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
+        return {c.id: dict(self.layer_ranks) for c in clients}
+
+    def extend_plan(self, rnd: int, client: ClientInfo, ranks: Ranks, plan: pb.Plan,
+                    expected: dict[str, TensorSpec]) -> None:
+        sa = self.cfg.sa_fedlora
+        if rnd <= sa.initiating_rounds and sa.prox_mu > 0:
+            plan.training.regularisation["prox_mu"] = sa.prox_mu
+        plan.report.append("importance")
+        plan.options["beta1"], plan.options["beta2"] = repr(sa.beta1), repr(sa.beta2)
+        for path, r in ranks.items():
+            expected[IMPORTANCE_PREFIX + path] = ((r,), torch.float32)
+
+    def configure(self, rnd, clients):
+        self._importance, self._weight = {}, 0.0
+        return super().configure(rnd, clients)
+
+    def discard(self, rnd: int) -> None:
+        super().discard(rnd)
+        self._importance, self._weight = {}, 0.0
+
+    def on_update(self, client: ClientInfo, update: dict[str, torch.Tensor], weight: float) -> None:
+        for path in self.layer_ranks:
+            s = update.get(IMPORTANCE_PREFIX + path)
+            if s is not None:
+                acc = self._importance.get(path)
+                contrib = s.double() * weight
+                self._importance[path] = contrib if acc is None else acc + contrib
+        self._weight += weight
+
+    def aggregate(self, rnd: int) -> dict[str, Any]:
+        metrics = super().aggregate(rnd)
+        budget = self.schedule.budget(rnd + 1)
+        before = dict(self.layer_ranks)
+        if budget < sum(v for v in before.values()):
+            scores = {p: (self._importance[p] / self._weight).float()
+                      for p in before if before[p] > 0 and p in self._importance}
+            keep = keep_top(scores, budget, self.cfg.sa_fedlora.min_rank)
+            new: dict[str, torch.Tensor] = {}
+            for path, kept in keep.items():
+                self._refactor(path, before[path], kept, new)
+            self.model.load_state(new)
+        metrics.update(budget_next=budget, total_rank_next=sum(self.layer_ranks.values()),
+                       ranks_next=rank_summary(self.layer_ranks)["ranks"],
+                       stage="initiating" if rnd <= self.cfg.sa_fedlora.initiating_rounds else "annealing")
+        self._importance, self._weight = {}, 0.0
+        return metrics
+
+    def _refactor(self, path: str, rank: int, kept: list[int], out: dict[str, torch.Tensor]) -> None:
+        """Keeps the ``kept`` triplets of a layer and re-factorises them by SVD; the layer is
+        stored at r_max (zero-padded) in the coordinator's model."""
+        A, B = self.layer_factors(path, rank)
+        A, B = prune(A, B, kept)
+        k = len(kept)
+        a_name, b_name = self.pairs[path]
+        s_max = scaling(self.alpha, self.r_max)
+        if k == 0:
+            A, B = A.new_zeros(0, A.shape[1]), B.new_zeros(B.shape[0], 0)
+        else:
+            dW = (B.double() @ A.double()) * scaling(self.alpha, rank)
+            A, B = redistribute(dW, k, scaling(self.alpha, k))
+            A, B = truncate(A, B, scaling(self.alpha, k), self.r_max, s_max)
+        if k == 0:
+            A, B = truncate(A, B, 1.0, self.r_max, 1.0)
+        out[a_name], out[b_name] = A, B
+        self.layer_ranks[path] = k

@@ -1,0 +1,67 @@
+"""Local training knobs the plan carries: FedProx's proximal term, per-step gradient
+observers, and the per-block timing profile planners read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedlora.client.profiling import measure_block_seconds, transformer_blocks
+from fedlora.client.trainer import train_local
+from fedlora.common.config import AdapterConfig
+from fedlora.common.data import Dataset
+from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_base, load_tokenizer
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
+TEXTS = ["what is the capital of france ?", "who wrote hamlet ?", "how many legs has a spider ?",
+         "when did the war end ?"] * 8
+
+
+@pytest.fixture()
+def setup(tiny_model):
+    am = AdaptedModel(load_base(str(tiny_model), 4, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0))
+    am.set_trainable([".*"], [])
+    data = Dataset(TEXTS, [i % 4 for i in range(len(TEXTS))], ["a", "b", "c", "d"])
+    return am, data, load_tokenizer(str(tiny_model))
+
+
+def _drift(am, data, tok, mu: float) -> float:
+    start = {n: t.clone() for n, t in am.state().items()}
+    t = pb.LocalTraining(epochs=6, batch_size=8, learning_rate=0.1, optimizer="sgd")
+    if mu:
+        t.regularisation["prox_mu"] = mu
+    train_local(am, data, tok, t, 32, 0, torch.device("cpu"))
+    return sum(float((am.state()[n] - s).norm()) for n, s in start.items())
+
+
+def test_proximal_term_holds_the_client_near_the_global_parameters(setup, tiny_model):
+    am, data, tok = setup
+    free = _drift(am, data, tok, 0.0)
+    same = AdaptedModel(load_base(str(tiny_model), 4, 0), am.spec)
+    same.set_trainable([".*"], [])
+    held = _drift(same, data, tok, 5.0)  # lr * mu = 0.5: a contraction towards the start
+    assert held < 0.5 * free
+
+
+def test_after_backward_sees_every_steps_gradients(setup):
+    am, data, tok = setup
+    seen = []
+    t = pb.LocalTraining(max_steps=3, batch_size=8, learning_rate=0.01)
+    train_local(am, data, tok, t, 32, 0, torch.device("cpu"),
+                after_backward=lambda: seen.append(all(p.grad is not None for p in am.model.parameters()
+                                                       if p.requires_grad)))
+    assert seen == [True, True, True]
+
+
+def test_block_profile_times_every_block_and_leaves_parameters_and_rng_alone(setup):
+    am, data, tok = setup
+    enc = tok(TEXTS[:8], padding=True, return_tensors="pt")
+    before = {n: t.clone() for n, t in am.state().items()}
+    rng = torch.get_rng_state()
+    prof = measure_block_seconds(am.model, dict(enc), torch.zeros(8, dtype=torch.long))
+    n = len(transformer_blocks(am.model))
+    assert n == 2
+    assert {f"fwd.{i}" for i in range(n)} | {f"bwd.{i}" for i in range(n)} <= set(prof)
+    assert all(prof[k] >= 0 for k in prof) and prof["step"] > 0
+    assert all(torch.equal(before[k], v) for k, v in am.state().items())
+    assert torch.equal(rng, torch.get_rng_state())
