@@ -1,12 +1,17 @@
 """Runs several federated configurations on the default task and compares them.
 
-    .venv/bin/python bench/compare.py [--suite methods] [--rounds 5] [--only NAME,...]
+    .venv/bin/python bench/compare.py [--suite methods|heterogeneous] [--rounds 5] [--only NAME,...]
 
 Each configuration is the README demo (deploy/demo.yaml: all-MiniLM-L6-v2, TREC, 4 clients,
 Dirichlet 0.5, r=8, 30 local steps) run as a real local cluster with `fedlora run`, changed
 only by the flags listed for it. Prints final accuracy, MB up and down (payload, summed over
 clients and rounds), wall time and the clients' final epsilon, writes results.json and a plot
-of test accuracy against cumulative MB (up + down) to the output folder.
+of test accuracy against cumulative MB (up + down) to the output folder; with --target, the
+wall time and MB to first reach that accuracy, and a plot against wall time (from the initial
+evaluation, after every client joined, to the end of each round).
+
+The heterogeneous suite runs on the netns cluster of deploy/clusters/four-links.yaml (links
+100/20/5/1 Mbit/s, unequal CPU): it needs root and iproute2.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FFA = ["--strategy", "ffa-lora", "--lr", "0.01"]  # FFA-LoRA tolerates larger learning rates (paper)
+FFA = ["--strategy", "ffa-lora", "--lr", "0.01"]
+NETNS = ["--cluster", "netns", "--spec", str(ROOT / "deploy" / "clusters" / "four-links.yaml")]  # FFA-LoRA tolerates larger learning rates (paper)
 SUITES: dict[str, dict[str, list[str]]] = {
     # Issue 4: FedAvg-LoRA, FFA-LoRA, CE-LoRA at Dirichlet 0.5 and 0.1; FedAvg-LoRA vs FFA-LoRA
     # under DP-SGD at epsilon 3 and 1 (delta 1e-5, clip 1.0) at Dirichlet 0.5.
@@ -34,6 +40,17 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "ffa-lora a=0.5 eps=3": [*FFA, "--dp-epsilon", "3"],
         "fedavg-lora a=0.5 eps=1": ["--strategy", "fedavg-lora", "--dp-epsilon", "1"],
         "ffa-lora a=0.5 eps=1": [*FFA, "--dp-epsilon", "1"],
+    },
+    # Issue 5: rank budgets on the heterogeneous cluster. Full FedAvg moves ~90 MB each way per
+    # client and round; over the 1 Mbit/s link that is ~12 minutes a direction, so it runs on
+    # loopback (its bytes and accuracy do not depend on the links; its time is not comparable).
+    "heterogeneous": {
+        "fedavg-lora r=8": [*NETNS, "--strategy", "fedavg-lora"],
+        "hetlora r=8/8/4/2": [*NETNS, "--strategy", "hetlora", "--set", "ranks.cycle=[8,8,4,2]"],
+        "flexlora r=8/8/4/2": [*NETNS, "--strategy", "flexlora", "--set", "ranks.cycle=[8,8,4,2]"],
+        "legend": [*NETNS, "--strategy", "legend"],
+        "sa-fedlora": [*NETNS, "--strategy", "sa-fedlora"],
+        "fedavg full (loopback)": ["--strategy", "fedavg"],
     },
 }
 
@@ -51,11 +68,12 @@ def run(name: str, flags: list[str], rounds: int, out: Path) -> dict:
         raise SystemExit(f"{name} failed:\n{p.stdout}\n{p.stderr}")
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds_ = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve, total = [], 0.0
+    curve, total, t0 = [], 0.0, None
     for rec in rounds_:
         if rec["type"] == "round":
+            t0 = rec["time"] if t0 is None else t0  # round 0: every client joined, initial score
             total += (rec.get("up_mb") or 0) + (rec.get("down_mb") or 0)
-            curve.append((round(total, 4), rec["test_accuracy"], rec.get("time")))
+            curve.append((round(total, 4), rec["test_accuracy"], round(rec["time"] - t0, 2)))
     eps = [r["metrics"].get("dp_epsilon") for r in rounds_ if r["type"] == "client" and r["metrics"]]
     eps = [e for e in eps if e is not None]
     last = [r for r in rounds_ if r["type"] == "round"][-1]
@@ -65,7 +83,15 @@ def run(name: str, flags: list[str], rounds: int, out: Path) -> dict:
             "max_epsilon": max(eps) if eps else None, "curve": curve}
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def reach(curve: list, target: float) -> tuple[float | None, float | None]:
+    """(seconds, MB) at the first round whose accuracy is at least ``target``."""
+    for mb, acc, t in curve:
+        if acc >= target:
+            return t, mb
+    return None, None
+
+
+def plot(rows: list[dict], path: Path, title: str, axis: int = 0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,10 +99,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
-        xs, ys = [c[0] for c in r["curve"]], [c[1] for c in r["curve"]]
+        xs, ys = [c[axis] for c in r["curve"]], [c[1] for c in r["curve"]]
         ax.plot(xs, ys, marker="o", markersize=3, linestyle="--" if "eps" in r["config"] else "-",
                 label=r["config"])
-    ax.set_xlabel("cumulative MB on the wire (payload, up + down, all clients)")
+    if axis == 2:
+        ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("cumulative MB on the wire (payload, up + down, all clients)" if axis == 0 else
+                  "wall seconds since every client joined")
     ax.set_ylabel("global test accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -91,6 +120,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", help="comma-separated configuration names")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--target", type=float, default=None, help="accuracy for time/MB-to-accuracy")
     args = ap.parse_args()
     suite = SUITES[args.suite]
     out = Path(args.out or f"runs/bench-{args.suite}")
@@ -112,6 +142,14 @@ def main() -> None:
               f"{r['wall_seconds']:.1f} | {eps} |")
     plot(ordered, out / "accuracy_vs_mb.png", f"suite '{args.suite}': accuracy against bytes")
     print(f"plot: {out / 'accuracy_vs_mb.png'}")
+    if args.target is not None:
+        print(f"\n| config | seconds to {args.target:g} | MB to {args.target:g} |")
+        print("|---|---:|---:|")
+        for r in ordered:
+            t, mb = reach(r["curve"], args.target)
+            print(f"| {r['config']} | {'-' if t is None else f'{t:.1f}'} | {'-' if mb is None else f'{mb:.3f}'} |")
+        plot(ordered, out / "accuracy_vs_time.png", f"suite '{args.suite}': accuracy against time", axis=2)
+        print(f"plot: {out / 'accuracy_vs_time.png'}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "address to bind"),
     ("--port", "port", int, "port to bind (0 = any free port)"),
     ("--run-dir", "run_dir", str, "run folder for metrics, logs, summary and the adapter"),
-    ("--strategy", "strategy", str, "federated method (fedavg-lora, fedavg)"),
+    ("--strategy", "strategy", str, "federated method: fedavg-lora, fedavg, ffa-lora, ce-lora, hetlora, "
+     "flexlora, sa-fedlora, legend"),
     ("--model", "model", str, "'default' or a local Hugging Face model folder"),
     ("--rounds", "rounds", int, "number of rounds"),
     ("--min-clients", "min_clients", int, "fewest updates that make a round"),

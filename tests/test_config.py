@@ -59,3 +59,21 @@ def test_every_subcommand_has_help():
         p = subprocess.run([sys.executable, "-m", "fedlora.deploy.cli", sub, "--help"],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0 and "--config" in p.stdout
+
+
+def test_client_rank_above_the_adapter_rank_is_named():
+    with pytest.raises(ConfigError, match=r"ranks\.cycle: rank 16 outside 1\.\.adapter\.rank \(8\)"):
+        load_config(ServerConfig, None, {"ranks.cycle": [8, 16]})
+
+
+def test_sa_fedlora_with_dp_is_refused():
+    with pytest.raises(ConfigError, match=r"training\.dp: .*sa-fedlora"):
+        load_config(ServerConfig, None, {"strategy": "sa-fedlora", "training.dp.enabled": True,
+                                         "training.dp.target_epsilon": 3})
+
+
+def test_unknown_strategy_names_the_known_ones():
+    from fedlora.server.strategies import strategy_class
+
+    with pytest.raises(ValueError, match=r"strategy: unknown 'fedsgd' \(known: .*legend.*sa-fedlora"):
+        strategy_class("fedsgd")

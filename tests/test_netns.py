@@ -131,3 +131,23 @@ def _assert_not_root_refused(spec) -> None:
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert "needs root" in p.stderr, p.stderr
+
+
+def test_legend_gives_the_slow_link_client_a_smaller_upload(tmp_path, tiny_model):
+    """LEGEND on real shaped links: the 1 Mbit/s client's plan (and what it sends) is smaller
+    than the unshaped client's, from the measured profiles alone."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("subnet: 10.213.9.0/24\nclients:\n  - {id: client-0}\n"
+                    "  - {id: client-1, up_mbit: 1, down_mbit: 1}\n")
+    run_dir = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "fedlora.deploy.cli", "run", "--cluster", "netns",
+                        "--spec", str(spec), "--model", str(tiny_model), "--strategy", "legend",
+                        "--rounds", "2", "--min-clients", "2", "--local-steps", "3", "--batch-size", "16",
+                        "--run-dir", str(run_dir), "--no-live"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for rnd in [r for r in records(run_dir, "round") if r["round"] > 0]:
+        planned = rnd["strategy"]["planned"]
+        assert planned["client-1"]["upload_bytes"] < planned["client-0"]["upload_bytes"]
+    last = {r["client"]: r for r in records(run_dir, "client") if r["round"] == 2}
+    assert last["client-1"]["up"]["tensor_bytes"] < last["client-0"]["up"]["tensor_bytes"]
