@@ -19,11 +19,12 @@ from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
 from fedlora.common.blob import pack, unpack
 from fedlora.common.codec import Chain
-from fedlora.common.config import ClientConfig
+from fedlora.common.config import ClientConfig, ConfigError, client_transport_error
 from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
 from fedlora.common.evaluate import batches, evaluate
 from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_a_digest, lora_pairs, select
 from fedlora.common.netstat import InterfaceMeter
+from fedlora.common.tls import channel_credentials
 from fedlora.common.training import steps_per_round
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
@@ -58,7 +59,10 @@ class Client:
         self.device = resolve_device(cfg.device)
         self.state_dir = cfg.state_dir / cfg.client_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.conn = Connection(cfg.server, cfg.no_progress_timeout_s)
+        if cfg.insecure:
+            log.warning("connecting in PLAINTEXT (--insecure): the token and updates cross unencrypted")
+        creds = None if cfg.insecure else channel_credentials(cfg.ca_cert, cfg.cert, cfg.key)
+        self.conn = Connection(cfg.server, cfg.no_progress_timeout_s, creds)
         self.meter = InterfaceMeter(cfg.server)
         self.am: AdaptedModel | None = None
         self._adapter_key = b""
@@ -263,6 +267,10 @@ class Client:
             for k in list(p.layer_seconds):
                 if k.startswith(("fwd.", "bwd.")) or k in ("fixed", "step"):
                     p.layer_seconds[k] *= factor
+        # what a round costs beyond training steps and transfers (model rebuild, evaluation,
+        # packing): a per-round constant the planner would otherwise miss
+        p.layer_seconds["round_overhead"] = max(0.0, metrics.get("round_seconds", 0.0) - metrics.get(
+            "train_seconds", 0.0) - up.seconds - down.seconds)
         self._profile = p
         return p
 
@@ -324,6 +332,8 @@ def class_stats(am: AdaptedModel, tokenizer, data: Dataset, num_labels: int, max
 
 
 def run_client(cfg: ClientConfig) -> int:
+    if (why := client_transport_error(cfg)) is not None:
+        raise ConfigError(f"config error: {why}")
     client = Client(cfg)
     try:
         return client.run()

@@ -43,9 +43,12 @@ class IOStats:
 
 
 class Connection:
-    def __init__(self, address: str, no_progress_timeout_s: float = 120.0):
+    def __init__(self, address: str, no_progress_timeout_s: float = 120.0,
+                 credentials: grpc.ChannelCredentials | None = None):
+        """``credentials`` None is plaintext (the caller decided, and logged it)."""
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=grpc_options())
+        self.channel = (grpc.insecure_channel(address, options=grpc_options()) if credentials is None
+                        else grpc.secure_channel(address, credentials, options=grpc_options()))
         self.stub = pbg.CoordinatorStub(self.channel)
         self.no_progress_timeout_s = no_progress_timeout_s
         self.session = ""

@@ -149,9 +149,28 @@ class LegendConfig(_Strict):
     deadline_s: float = Field(0.0, ge=0, description="predicted round time not to exceed; 0 = none")
 
 
+class TLSConfig(_Strict):
+    """The coordinator's TLS: its certificate and key; with ``client_ca``, mutual TLS, and a
+    client must present a certificate whose common name is its client id."""
+
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TLSConfig":
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert and key go together")
+        if self.client_ca and not self.cert:
+            raise ValueError("client_ca (mutual TLS) needs cert and key")
+        return self
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    insecure: bool = Field(False, description="serve plaintext (logged as a warning); else TLS is required")
     run_dir: Path = Path("runs/latest")
     strategy: str = "fedavg-lora"
     model: str = Field("default", description="'default' (all-MiniLM-L6-v2) or a local HF folder")
@@ -206,6 +225,14 @@ class ServerConfig(_Strict):
                 raise ValueError("clients: duplicate client id")
         return self
 
+    def transport_error(self) -> str | None:
+        """Why this config cannot serve (checked when the coordinator starts, so `fedlora run`
+        can fill in the certificates it makes first)."""
+        if not self.insecure and not self.tls.cert:
+            return ("tls: the coordinator serves TLS: set tls.cert and tls.key (make them with "
+                    "`fedlora certs`), or pass --insecure for plaintext")
+        return None
+
     def client_entries(self) -> list[ClientEntry]:
         if isinstance(self.clients, int):
             return [ClientEntry(id=f"client-{i}", token=self.token) for i in range(self.clients)]
@@ -216,6 +243,10 @@ class ClientConfig(_Strict):
     server: str = "127.0.0.1:50051"
     client_id: str = Field("client-0", pattern=r"^[A-Za-z0-9_.-]+$")
     token: str = ""
+    ca_cert: str = Field("", description="CA that signed the coordinator's certificate (TLS)")
+    cert: str = Field("", description="this client's certificate, for mutual TLS")
+    key: str = Field("", description="its private key")
+    insecure: bool = Field(False, description="plaintext to the coordinator (logged as a warning)")
     model: str = Field("", description="local folder of the run's model; '' = as the run says")
     data: str = Field("", description="this client's own CSV/JSON/JSONL; '' = its built-in shard")
     text_column: str = "text"
@@ -228,6 +259,15 @@ class ClientConfig(_Strict):
     connect_timeout_s: float = Field(120.0, gt=0)
     probe_bytes: int = Field(256 << 10, ge=0, le=256 << 20,
                              description="link probe size each way at join; 0 = no probe")
+
+
+def client_transport_error(cfg: "ClientConfig") -> str | None:
+    if not cfg.insecure and not cfg.ca_cert:
+        return ("ca_cert: the coordinator is reached over TLS: pass --ca-cert (and --cert/--key for "
+                "mutual TLS), or --insecure for plaintext")
+    if bool(cfg.cert) != bool(cfg.key):
+        return "cert: cert and key go together"
+    return None
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

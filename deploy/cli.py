@@ -41,6 +41,10 @@ SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--dp-epsilon", "training.dp.target_epsilon", float, "DP-SGD on the clients with this target epsilon"),
     ("--dp-noise", "training.dp.noise_multiplier", float, "DP-SGD noise multiplier (0 = from --dp-epsilon)"),
     ("--dp-clip", "training.dp.clip_norm", float, "DP-SGD per-sample clipping norm"),
+    ("--tls-cert", "tls.cert", str, "the coordinator's TLS certificate (PEM)"),
+    ("--tls-key", "tls.key", str, "its private key (PEM)"),
+    ("--client-ca", "tls.client_ca", str, "CA of client certificates: mutual TLS, CN = client id"),
+    ("--insecure", "insecure", "flag", "serve plaintext instead of TLS (logged as a warning)"),
 ]
 
 CLIENT_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -52,6 +56,10 @@ CLIENT_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--state-dir", "state_dir", str, "folder for state kept across rounds"),
     ("--threads", "threads", int, "torch threads (0 = default)"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N"),
+    ("--ca-cert", "ca_cert", str, "CA that signed the coordinator's certificate (TLS)"),
+    ("--cert", "cert", str, "this client's certificate (mutual TLS)"),
+    ("--key", "key", str, "its private key"),
+    ("--insecure", "insecure", "flag", "connect in plaintext (logged as a warning)"),
 ]
 
 
@@ -60,7 +68,12 @@ def _add_flags(p: argparse.ArgumentParser, flags, skip: set[str] = frozenset()) 
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set training.weight_decay=0.01")
     for flag, field, typ, help_ in flags:
-        if flag not in skip:
+        if flag in skip:
+            continue
+        if typ == "flag":
+            p.add_argument(flag, dest=field.replace(".", "__"), action="store_const", const=True,
+                           default=None, help=help_)
+        else:
             p.add_argument(flag, dest=field.replace(".", "__"), type=typ, default=None, help=help_)
 
 
@@ -105,6 +118,16 @@ def parser() -> argparse.ArgumentParser:
                         "shaped links (root; needs --spec)")
     r.add_argument("--spec", help="cluster spec for --cluster netns (see deploy/clusters/)")
 
+    ce = sub.add_parser("certs", help="make a CA and TLS certificates for a cluster",
+                        description="Make a CA, a coordinator certificate for the given host names/IPs "
+                                    "and a client certificate per id (CN = id), as PEM files.")
+    ce.add_argument("--out", required=True, help="folder for the PEM files")
+    ce.add_argument("--hosts", default="localhost,127.0.0.1",
+                    help="comma-separated names/IPs clients dial the coordinator by")
+    ce.add_argument("--clients", default="client-0,client-1,client-2,client-3",
+                    help="comma-separated client ids (or a number N for client-0..N-1)")
+    ce.add_argument("--days", type=int, default=365, help="validity")
+
     rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, gRPC, wire",
                          description="Compare what crossed the wire with the payload, per client and direction.")
     rep.add_argument("run_dir", help="a run folder (with metrics.jsonl)")
@@ -128,6 +151,17 @@ def main(argv: list[str] | None = None) -> int:
             from fedlora.server.app import serve
 
             return serve(cfg)
+        if args.command == "certs":
+            from pathlib import Path
+
+            from fedlora.common.tls import make_certs
+
+            ids = ([f"client-{i}" for i in range(int(args.clients))] if args.clients.isdigit()
+                   else [c for c in args.clients.split(",") if c])
+            files = make_certs(Path(args.out), ids, [h for h in args.hosts.split(",") if h], args.days)
+            for name, f in files.items():
+                print(f"{name}: {f.cert} {f.key}")
+            return 0
         if args.command == "report":
             from pathlib import Path
 

@@ -1,5 +1,9 @@
 """``fedlora run``: a coordinator and N clients as separate OS processes on 127.0.0.1.
 
+Transport: unless ``--insecure``, the command makes a CA and certificates in ``<run>/certs``
+(``fedlora certs``) and runs the cluster on mutual TLS, each client with the certificate of
+its own id, as a deployment across machines would.
+
 Each process logs to ``<run>/logs/<name>.log``. The coordinator binds a free port and writes
 it to ``coordinator.json``; clients are started against that address. On exit, error or
 Ctrl-C every child is terminated (then killed) by PID: nothing outlives the command.
@@ -15,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedlora.common.config import ServerConfig, dump_config
+from fedlora.common.config import ConfigError, ServerConfig, TLSConfig, dump_config
+from fedlora.common.tls import CA, SERVER, make_certs
 from fedlora.deploy.live import LiveTable
 
 COORDINATOR_START_TIMEOUT_S = 300.0
@@ -68,8 +73,9 @@ class Cluster:
         for stale in ("coordinator.json", "metrics.jsonl", "summary.json"):
             (self.run_dir / stale).unlink(missing_ok=True)
         cfg_path = self.run_dir / "server-config.json"
-        cfg_path.write_text(dump_config(self.cfg) + "\n")
         self.topology.setup()
+        client_tls = self._tls()
+        cfg_path.write_text(dump_config(self.cfg) + "\n")
         self._spawn("coordinator", ["server", "--config", str(cfg_path), "--run-dir", str(self.run_dir),
                                     "--host", self.topology.coordinator_host])
         address = self._wait_address()
@@ -77,11 +83,26 @@ class Cluster:
             threads = self.topology.threads(entry.id) or self.client_threads
             self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, "--token", entry.token,
                                    "--threads", str(threads),
-                                   "--state-dir", str(self.run_dir / "client-state")])
+                                   "--state-dir", str(self.run_dir / "client-state"), *client_tls(entry.id)])
         (self.run_dir / "cluster.json").write_text(json.dumps(
             {"address": address, "pids": {n: p.pid for n, p in self.procs.items()},
              **self.topology.describe()}, indent=2) + "\n")
         return address
+
+    def _tls(self):
+        """Certificates for this cluster (mutual TLS), or plaintext when asked; returns the
+        client flags per id."""
+        if self.cfg.insecure:
+            return lambda cid: ["--insecure"]
+        if self.cfg.tls.cert:
+            raise ConfigError("config error: tls: `fedlora run` makes its own certificates in "
+                              "<run>/certs; tls.* is for `fedlora server` (or pass --insecure)")
+        ids = [e.id for e in self.cfg.client_entries()]
+        files = make_certs(self.run_dir / "certs", ids, [self.topology.coordinator_host, "localhost"])
+        ca = str(files[CA].cert)
+        self.cfg = self.cfg.model_copy(update={"tls": TLSConfig(
+            cert=str(files[SERVER].cert), key=str(files[SERVER].key), client_ca=ca)})
+        return lambda cid: ["--ca-cert", ca, "--cert", str(files[cid].cert), "--key", str(files[cid].key)]
 
     def _wait_address(self) -> str:
         path = self.run_dir / "coordinator.json"

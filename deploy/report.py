@@ -1,4 +1,5 @@
-"""``fedlora report RUN_DIR``: bytes per client and direction at every level, wire vs payload."""
+"""``fedlora report RUN_DIR``: bytes per client and direction at every level, wire vs payload;
+for runs whose strategy plans round times (LEGEND), predicted beside measured seconds."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def _ratio(a: int | None, b: int | None) -> str:
 
 def report(run_dir: Path, console: Console | None = None) -> int:
     console = console or Console()
-    recs = [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "client"]
+    records = read_records(run_dir / "metrics.jsonl")
+    recs = [r for r in records if r["type"] == "client"]
     if not recs:
         console.print(f"no client records in {run_dir / 'metrics.jsonl'}")
         return 1
@@ -49,6 +51,7 @@ def report(run_dir: Path, console: Console | None = None) -> int:
                   _ratio(s["grpc_bytes"], s["payload_bytes"]), _ratio(s["iface_bytes"], s["payload_bytes"]),
                   "n/a" if rate is None else f"{rate:.2f}")
     console.print(t)
+    _planner_table(records, recs, console)
     summary = run_dir / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
@@ -56,3 +59,21 @@ def report(run_dir: Path, console: Console | None = None) -> int:
                       f"down {s.get('wire_overhead', {}).get('down')} "
                       "(n/a: interface counters not available, e.g. clients on shared loopback)")
     return 0
+
+
+def _planner_table(records: list[dict], clients: list[dict], console: Console) -> None:
+    """The planner's error: each client's predicted round seconds against its measured ones."""
+    measured = {(r["round"], r["client"]): r.get("metrics", {}).get("round_seconds") for r in clients}
+    t = Table(title="planned vs measured round seconds (per client)")
+    for col in ("round", "client", "depth", "ranks", "predicted s", "uniform plan s", "measured s", "error"):
+        t.add_column(col, justify="right")
+    for rnd in records:
+        planned = rnd.get("strategy", {}).get("planned") if rnd["type"] == "round" else None
+        for cid, p in sorted((planned or {}).items()):
+            m = measured.get((rnd["round"], cid))
+            err = f"{(p['predicted_seconds'] - m) / m:+.0%}" if m else "n/a"
+            t.add_row(str(rnd["round"]), cid, str(p["depth"]), " ".join(map(str, p["block_ranks"])),
+                      f"{p['predicted_seconds']:.2f}", f"{p['uniform_predicted_seconds']:.2f}",
+                      "n/a" if m is None else f"{m:.2f}", err)
+    if t.row_count:
+        console.print(t)

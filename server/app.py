@@ -26,6 +26,7 @@ from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.engine import Engine
 from fedlora.server.runlog import RunLog, read_records, summarize
 from fedlora.server.service import CoordinatorService
+from fedlora.common.tls import server_credentials
 from fedlora.server.strategies import strategy_class
 
 log = logging.getLogger("fedlora.server")
@@ -38,6 +39,10 @@ def serve(cfg: ServerConfig) -> int:
         cls = strategy_class(cfg.strategy)
     except ValueError as e:
         raise ConfigError(f"config error: {e}") from None
+    if (why := cfg.transport_error()) is not None:
+        raise ConfigError(f"config error: {why}")
+    credentials = (server_credentials(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
+                   if cfg.tls.cert else None)  # read now: a missing file fails before any work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     runlog = RunLog(cfg.run_dir)
@@ -78,7 +83,11 @@ def serve(cfg: ServerConfig) -> int:
     pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if credentials is None:
+        log.warning("serving PLAINTEXT (--insecure): tokens and updates cross the network unencrypted")
+        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    else:
+        port = server.add_secure_port(f"{cfg.host}:{cfg.port}", credentials)
     if port == 0:
         raise ConfigError(f"config error: port: cannot bind {cfg.host}:{cfg.port}")
     server.start()
@@ -86,7 +95,10 @@ def serve(cfg: ServerConfig) -> int:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{cfg.host}:{port}"
     runlog.write_json("coordinator.json", {"address": address, "pid": os.getpid()})
-    log.info("coordinator listening on %s (run folder %s)", address, cfg.run_dir)
+    log.info("coordinator listening on %s (%s; run folder %s)", address,
+             "plaintext" if credentials is None else
+             "mutual TLS: client certificates must name their client id" if cfg.tls.client_ca else "TLS",
+             cfg.run_dir)
 
     def on_signal(signum, _frame):
         engine.stop(f"interrupted by signal {signal.Signals(signum).name}")

@@ -10,6 +10,7 @@ import time
 import grpc
 
 from fedlora.common.blob import iter_chunks, sha256
+from fedlora.common.tls import peer_common_name
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.engine import Engine
@@ -32,22 +33,44 @@ class CoordinatorService(pbg.CoordinatorServicer):
         log.warning("%s refused: %s: %s", what, e.code.name, e.message)
         context.abort(e.code, e.message)
 
+    def _bound(self, context, session: str) -> None:
+        """Under mutual TLS a session is usable only with the certificate of the client that
+        owns it: a client cannot act as another id, even holding its session id."""
+        cn = peer_common_name(context)
+        if cn is None:
+            return
+        try:
+            cid = self.engine.check_session(session)
+        except Refused as e:
+            self._abort(context, e, "call")
+        if cid != cn:
+            self._abort(context, Refused(grpc.StatusCode.PERMISSION_DENIED,
+                                         f"certificate is for {cn!r}, the session belongs to another client"),
+                        f"call from {cn!r}")
+
     def Join(self, request: pb.JoinRequest, context) -> pb.JoinReply:
         if request.protocol and request.protocol != PROTOCOL:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"protocol {request.protocol!r} not supported; this coordinator speaks {PROTOCOL}")
+        cn = peer_common_name(context)
+        if cn is not None and cn != request.client_id:
+            self._abort(context, Refused(grpc.StatusCode.PERMISSION_DENIED,
+                                         f"certificate is for {cn!r}, not for client {request.client_id!r}"),
+                        f"join of {request.client_id!r}")
         try:
             return self.engine.join(request.client_id, request.token, request.profile)
         except Refused as e:
             self._abort(context, e, f"join of {request.client_id!r}")
 
     def GetTask(self, request: pb.TaskRequest, context) -> pb.Task:
+        self._bound(context, request.session_id)
         try:
             return self.engine.task(request.session_id, request.last_round, request.wait_seconds)
         except Refused as e:
             self._abort(context, e, "task")
 
     def Download(self, request: pb.DownloadRequest, context):
+        self._bound(context, request.session_id)
         try:
             cid, blob = self.engine.download_blob(request.session_id, request.round)
         except Refused as e:
@@ -77,6 +100,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream")
         rnd = first.round
+        self._bound(context, first.session_id)
         try:
             cid, part = self.engine.upload_start(first.session_id, rnd, first.total_size,
                                                  first.blob_digest)
@@ -107,12 +131,14 @@ class CoordinatorService(pbg.CoordinatorServicer):
             self.engine.record_upload_io(cid, rnd, received, grpc_bytes, time.perf_counter() - t0)
 
     def UploadStatus(self, request: pb.UploadStatusRequest, context) -> pb.UploadStatusReply:
+        self._bound(context, request.session_id)
         try:
             return self.engine.upload_status(request.session_id, request.round)
         except Refused as e:
             self._abort(context, e, "upload status")
 
     def Report(self, request: pb.ReportRequest, context) -> pb.ReportReply:
+        self._bound(context, request.session_id)
         try:
             self.engine.report(request.session_id, request.round, dict(request.metrics),
                                request.profile if request.HasField("profile") else None,
@@ -130,6 +156,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                     self.engine.check_session(msg.session_id)
                 except Refused as e:
                     self._abort(context, e, "probe")
+                self._bound(context, msg.session_id)
                 session_checked = True
             now = time.perf_counter()
             t0 = now if t0 is None else t0
@@ -145,6 +172,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
             self.engine.check_session(request.session_id)
         except Refused as e:
             self._abort(context, e, "probe")
+        self._bound(context, request.session_id)
         if request.size > PROBE_MAX_BYTES:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"probe larger than {PROBE_MAX_BYTES} bytes")
         chunk = self.engine.spec.chunk_bytes

@@ -25,7 +25,8 @@ def cli(*args: str, log: Path) -> subprocess.Popen:
 def start_server(run_dir: Path, config: dict) -> tuple[subprocess.Popen, str]:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "test-config.yaml"
-    cfg_path.write_text(yaml.safe_dump({"port": 0, "run_dir": str(run_dir), **config}))
+    transport = {} if "tls" in config or "insecure" in config else {"insecure": True}
+    cfg_path.write_text(yaml.safe_dump({"port": 0, "run_dir": str(run_dir), **transport, **config}))
     proc = cli("server", "--config", str(cfg_path), log=run_dir / "logs" / "coordinator.log")
     addr_file = run_dir / "coordinator.json"
     end = time.time() + 180
@@ -38,8 +39,12 @@ def start_server(run_dir: Path, config: dict) -> tuple[subprocess.Popen, str]:
 
 
 def start_client(run_dir: Path, address: str, client_id: str, token: str = "", *extra: str) -> subprocess.Popen:
+    """A client; plaintext (``--insecure``, as start_server makes the coordinator) unless
+    ``extra`` brings TLS flags."""
+    transport = [] if "--ca-cert" in extra else ["--insecure"]
     return cli("client", "--server", address, "--id", client_id, "--token", token, "--threads", "1",
-               "--state-dir", str(run_dir / "state"), *extra, log=run_dir / "logs" / f"{client_id}.log")
+               "--state-dir", str(run_dir / "state"), *transport, *extra,
+               log=run_dir / "logs" / f"{client_id}.log")
 
 
 def finish(procs: list[subprocess.Popen], timeout: float) -> list[int]:

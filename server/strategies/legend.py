@@ -50,12 +50,14 @@ class Legend(RankedLoRA):
         ls = dict(p.layer_seconds)
         t = self.cfg.training
         scale = t.batch_size / ls["batch"] if ls.get("batch") else 1.0
+        steps = steps_per_round(self.base_plan(0).training, max(1, c.num_examples))
         return Device(
             client_id=c.id,
             forward_seconds=[ls.get(f"fwd.{i}", 0.0) * scale for i in range(L)],
             backward_seconds=[ls.get(f"bwd.{i}", 0.0) * scale for i in range(L)],
-            fixed_seconds=ls.get("fixed", 0.0) * scale,
-            steps=steps_per_round(self.base_plan(0).training, max(1, c.num_examples)),
+            # the last round's overhead beyond steps and transfers, spread over the steps
+            fixed_seconds=ls.get("fixed", 0.0) * scale + ls.get("round_overhead", 0.0) / steps,
+            steps=steps,
             up_bytes_per_second=p.upload_bytes_per_second, down_bytes_per_second=p.download_bytes_per_second,
             memory_bytes=p.memory_bytes, fixed_bytes=self.fixed_bytes)
 
