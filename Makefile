@@ -10,7 +10,7 @@ STAMP := $(VENV)/.fedlora-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast proto clean
+.PHONY: install demo test test-fast compose-test proto clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+# the docker-compose cluster for real (root: installs Docker if missing, builds the images)
+compose-test: $(STAMP)
+	bash deploy/compose-test.sh
 
 proto: $(STAMP)
 	$(PY) -m fedlora.proto.build

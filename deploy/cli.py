@@ -128,10 +128,47 @@ def parser() -> argparse.ArgumentParser:
                     help="comma-separated client ids (or a number N for client-0..N-1)")
     ce.add_argument("--days", type=int, default=365, help="validity")
 
+    h = sub.add_parser("health", help="ask a coordinator's standard gRPC health service",
+                       description="Exit 0 if the coordinator reports SERVING (for container health checks).")
+    h.add_argument("--server", default="127.0.0.1:50051")
+    h.add_argument("--ca-cert", default="", help="CA of the coordinator's certificate (TLS)")
+    h.add_argument("--cert", default="", help="a client certificate (mutual TLS)")
+    h.add_argument("--key", default="")
+    h.add_argument("--insecure", action="store_true", help="plaintext")
+    h.add_argument("--timeout", type=float, default=5.0)
+
+    sh = sub.add_parser("shape", help="shape this host's interface with tc (root or NET_ADMIN)",
+                        description="Upload rate with tbf, download rate with an ingress policer, on one "
+                                    "interface: what a client container's entrypoint runs.")
+    sh.add_argument("--dev", default="eth0")
+    sh.add_argument("--up-mbit", type=float, default=0.0)
+    sh.add_argument("--down-mbit", type=float, default=0.0)
+
     rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, gRPC, wire",
                          description="Compare what crossed the wire with the payload, per client and direction.")
     rep.add_argument("run_dir", help="a run folder (with metrics.jsonl)")
     return p
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from fedlora.common.tls import channel_credentials
+
+    if not args.insecure and not args.ca_cert:
+        raise ConfigError("config error: --ca-cert: the coordinator is reached over TLS (or --insecure)")
+    channel = (grpc.insecure_channel(args.server) if args.insecure else
+               grpc.secure_channel(args.server, channel_credentials(args.ca_cert, args.cert, args.key)))
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="fedlora.v1.Coordinator"), timeout=args.timeout)
+    except grpc.RpcError as e:
+        print(f"{args.server}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.server}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def setup_logging(verbose: bool) -> None:
@@ -162,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, f in files.items():
                 print(f"{name}: {f.cert} {f.key}")
             return 0
+        if args.command == "shape":
+            from fedlora.deploy.shaping import shape_interface
+
+            print(f"{args.dev}: " + (", ".join(shape_interface(args.dev, args.up_mbit, args.down_mbit))
+                                    or "unshaped"))
+            return 0
+        if args.command == "health":
+            return _health(args)
         if args.command == "report":
             from pathlib import Path
 

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedlora.common.config import ConfigError, format_validation_error
+from fedlora.deploy.shaping import tbf_args
 
 log = logging.getLogger("fedlora.netns")
 
@@ -91,13 +92,6 @@ def require_root() -> None:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             raise FileNotFoundError(f"the netns cluster needs '{tool}' (Debian package iproute2)")
-
-
-def tbf_args(mbit: float, latency_ms: float) -> list[str]:
-    """tbf with a burst large enough for the kernel timer at this rate (>= rate/250 s)."""
-    rate_bytes = mbit * 1e6 / 8
-    burst = max(16 * 1024, int(rate_bytes / 250))
-    return ["tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", f"{latency_ms}ms"]
 
 
 class Netns:
