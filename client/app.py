@@ -12,6 +12,7 @@ import grpc
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedlora.client import distributed
 from fedlora.client.importance import IMPORTANCE_PREFIX, ImportanceEMA
 from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
 from fedlora.client.profiling import measure_block_seconds
@@ -56,7 +57,8 @@ class Client:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(distributed.local_device(cfg.device))
+        self.ctx = distributed.from_env(self.device)  # torchrun: several processes, one client
         self.state_dir = cfg.state_dir / cfg.client_id
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if cfg.insecure:
@@ -98,19 +100,42 @@ class Client:
             self._adapter_key = key
         return self.am
 
+    def _prepare_data(self) -> None:
+        data = self._load_data(self.spec)
+        self.test_data = self._test_split(self.spec)
+        train_idx, eval_idx = split_local(len(data), self.cfg.local_eval_fraction, self.spec.seed)
+        self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
+        self.tokenizer = load_tokenizer(self.cfg.model or self.spec.model)
+
+    def follow(self) -> int:
+        """A torchrun rank other than 0: train what rank 0 sends, until it says done."""
+        kind, _, meta = distributed.receive()
+        self.spec = pb.RunSpec.FromString(meta["spec"])
+        self._prepare_data()
+        log.info("rank %d of %d: following rank 0 (%d training examples)", self.ctx.rank,
+                 self.ctx.world, len(self.train_data))
+        while True:
+            kind, tensors, meta = distributed.receive()
+            if kind == distributed.DONE:
+                return 0
+            plan = pb.Plan.FromString(meta["plan"])
+            am = self._model_for(plan.adapter)
+            am.load_state(tensors)
+            am.set_trainable(list(plan.train), list(plan.freeze))
+            train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
+                        self.spec.seed * 100_003 + plan.round, self.device, None, None, self.ctx)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         cfg = self.cfg
         reply = self.conn.join(cfg.client_id, cfg.token, device_profile(self.device, 0),
                                cfg.connect_timeout_s)
         self.spec = reply.spec
+        if self.ctx is not None:
+            distributed.send("spec", {}, {"spec": self.spec.SerializeToString()})
         log.info("joined %s as %s (run %s, strategy %s, partition %d)", cfg.server, cfg.client_id,
                  self.spec.run_id, self.spec.strategy, self.spec.partition)
-        data = self._load_data(self.spec)
-        self.test_data = self._test_split(self.spec)
-        train_idx, eval_idx = split_local(len(data), cfg.local_eval_fraction, self.spec.seed)
-        self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
-        self.tokenizer = load_tokenizer(cfg.model or self.spec.model)
+        self._prepare_data()
         profile = device_profile(self.device, len(self.train_data))
         if self.spec.adapter.kind == "lora":  # build it now: the coordinator checks its A at join
             am = self._model_for(self.spec.adapter)
@@ -141,6 +166,8 @@ class Client:
                 raise
             if task.kind == pb.Task.DONE:
                 log.info("run finished: %s", task.message)
+                if self.ctx is not None:
+                    distributed.send(distributed.DONE, {}, {})
                 if self.am is not None and self._personal:  # its own model: save it, PEFT format
                     self.am.save(self.state_dir / "adapter")
                     log.info("personal adapter saved to %s", self.state_dir / "adapter")
@@ -183,8 +210,10 @@ class Client:
                                        float(plan.options.get("beta2", "0.85")))
             pairs = {path: (am.parameter(a), am.parameter(b)) for path, (a, b) in lora_pairs(am.names()).items()}
             after_backward = lambda: importance.update(pairs)  # noqa: E731
+        if self.ctx is not None:  # the other ranks train the same model on their rows
+            distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward)
+                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward, self.ctx)
         if ledger is not None:
             ledger.record(steps_per_round(plan.training, len(self.train_data)))
             metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,
@@ -335,6 +364,8 @@ def run_client(cfg: ClientConfig) -> int:
     if (why := client_transport_error(cfg)) is not None:
         raise ConfigError(f"config error: {why}")
     client = Client(cfg)
+    if client.ctx is not None and not client.ctx.leader:
+        return client.follow()
     try:
         return client.run()
     except TransferFailed as e:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedlora.client.distributed import DistContext, all_sum, shard
 from fedlora.client.privacy import PrivacyLedger
 from fedlora.common.training import steps_per_round
 from fedlora.common.data import Dataset
@@ -52,12 +53,15 @@ def _poisson(data: Dataset, tokenizer, steps: int, rate: float, max_length: int,
 
 def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining, max_length: int,
                 seed: int, device: torch.device, ledger: PrivacyLedger | None = None,
-                after_backward: Callable[[], None] | None = None) -> dict[str, float]:
+                after_backward: Callable[[], None] | None = None,
+                ctx: DistContext | None = None) -> dict[str, float]:
     """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise).
 
     ``regularisation["prox_mu"]`` adds FedProx's ``mu/2 ||theta - theta_start||^2`` (its
     gradient, after backward); ``after_backward`` sees the gradients of every step before the
-    optimizer does (importance scores)."""
+    optimizer does (importance scores). With ``ctx`` (torchrun), every rank runs the same
+    global batches, takes its rows of each, and DDP averages the gradients: the loss is scaled so
+    that average is the whole batch's mean gradient, whatever the split."""
     model = am.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -65,6 +69,8 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
     mu = float(t.regularisation.get("prox_mu", 0.0))
     if mu > 0 and ledger is not None:
         raise ValueError("a proximal term cannot be combined with DP-SGD")
+    if ctx is not None and ledger is not None:
+        raise ValueError("DP-SGD is not supported on a multi-process (torchrun) client")
     anchor = [p.detach().clone() for p in params] if mu > 0 else None
     opt = make_optimizer(params, t)
     rng = np.random.default_rng(seed)
@@ -81,19 +87,30 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
         source = _poisson(data, tokenizer, steps, ledger.sample_rate, max_length, rng)
     else:
         source = _shuffled(data, tokenizer, t, max_length, rng)
+    if ctx is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     done, seen, loss_sum = 0, 0, 0.0
     t0 = time.perf_counter()
     try:
         for enc, labels in source:
+            batch, weight = len(labels), 1.0
+            if ctx is not None:
+                mine = shard(enc, labels, ctx)
+                if len(mine[1]) == 0:  # fewer rows than ranks: take part in DDP's sync, weight 0
+                    mine, weight = shard(enc, labels, DistContext(0, ctx.world)), 0.0
+                enc, labels = mine
             enc = {k: v.to(device) for k, v in enc.items()}
             labels = labels.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = forward(**enc).logits
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum") / len(labels)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {done}")
-            loss.backward()
+            # DDP averages over ranks: scale each rank's sum so the average is the batch mean
+            (loss if ctx is None else loss * (weight * len(labels) * ctx.world / batch)).backward()
             if anchor is not None:
                 with torch.no_grad():
                     for p, p0 in zip(params, anchor):
@@ -106,12 +123,14 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
             opt.step()
             opt.zero_grad(set_to_none=True)
             done += 1
-            seen += len(labels)
-            loss_sum += loss.item() * len(labels)
+            seen += int(weight * len(labels))
+            loss_sum += weight * loss.item() * len(labels)
     finally:
         if ledger is not None:
             forward._close()  # remove opacus' hooks: the model is reused next round
     seconds = time.perf_counter() - t0
+    if ctx is not None:
+        loss_sum, seen = all_sum([loss_sum, float(seen)])
     return {"train_loss": loss_sum / max(1, seen), "steps": float(done),
             "examples_seen": float(seen), "train_seconds": seconds,
             "examples_per_second": seen / seconds if seconds > 0 else 0.0}

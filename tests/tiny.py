@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def build_tiny_model(folder: Path, hidden: int = 32, layers: int = 2, vocab: int = 800,
-                     seed: int = 0) -> Path:
+                     seed: int = 0, dropout: float = 0.1) -> Path:
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -27,7 +27,8 @@ def build_tiny_model(folder: Path, hidden: int = 32, layers: int = 2, vocab: int
                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     fast.save_pretrained(str(folder))
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=64)
+                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=64,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(str(folder), safe_serialization=True)
     return folder
