@@ -11,14 +11,11 @@ from safetensors.torch import load_file
 
 from fedlora.common.blob import unpack
 from fedlora.common.model import IMPORTANCE_PREFIX, lora_pairs
+from fedlora.server.strategies.ranked import layer_order
 from procs import finish, records, start_client, start_server, tail
 
 CLIENTS = ["client-0", "client-1", "client-2"]
 R_MAX = 8
-
-
-def _natural(path: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
 
 
 def _run(tmp_path_factory, tiny_model, strategy: str, extra: dict, rounds: int = 3):
@@ -41,7 +38,7 @@ def _sent_ranks(run_dir, cid: str) -> list[int]:
     pairs = lora_pairs(tensors)
     for a, b in pairs.values():
         assert tensors[a].shape[0] == tensors[b].shape[1]
-    return [tensors[pairs[p][0]].shape[0] for p in sorted(pairs, key=_natural)]
+    return [tensors[pairs[p][0]].shape[0] for p in sorted(pairs, key=layer_order)]
 
 
 @pytest.fixture(scope="module")

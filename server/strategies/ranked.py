@@ -16,6 +16,8 @@ evaluation model then holds its best rank-``r_max`` approximation.
 from __future__ import annotations
 
 import math
+import re
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -56,9 +58,9 @@ class RankedLoRA(Strategy):
         self._rest: WeightedSum | None = None
 
     # ---------------------------------------------------------------- for subclasses
+    @abstractmethod
     def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
         """Per client id: module path -> rank (0 or absent = no LoRA there)."""
-        raise NotImplementedError
 
     def extend_plan(self, rnd: int, client: ClientInfo, ranks: Ranks, plan: pb.Plan,
                     expected: dict[str, TensorSpec]) -> None:
@@ -161,13 +163,11 @@ class RankedLoRA(Strategy):
 
 def rank_summary(ranks: Ranks) -> dict[str, Any]:
     """Ranks for the log: the total and the per-layer list in layer order."""
-    vals = [ranks[p] for p in sorted(ranks, key=_natural)]
+    vals = [ranks[p] for p in sorted(ranks, key=layer_order)]
     return {"total": sum(vals), "layers": len(vals), "ranks": vals}
 
 
-def _natural(path: str) -> tuple:
-    import re
-
+def layer_order(path: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
 
 
