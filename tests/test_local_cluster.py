@@ -50,7 +50,7 @@ def test_run_starts_one_process_per_role_and_logs_each(tmp_path, tiny_model):
 
 
 def test_interrupt_stops_every_process(tmp_path, tiny_model):
-    run_dir, p = _run(tmp_path, tiny_model, "--rounds", "50")
+    run_dir, p = _run(tmp_path, tiny_model, "--rounds", "100000")  # tiny rounds take ~0.25 s: never done first
     end = time.time() + 300
     while not any(r["round"] >= 1 for r in _rounds(run_dir)):
         assert p.poll() is None and time.time() < end, p.stdout.read() if p.poll() is not None else "timeout"

@@ -89,7 +89,7 @@ def test_interrupt_tears_everything_down(tmp_path, tiny_model):
     spec.write_text("subnet: 10.213.8.0/24\nclients:\n  - {id: client-0}\n  - {id: client-1, up_mbit: 5}\n")
     run_dir = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "fedlora.deploy.cli", "run", "--cluster", "netns",
-                          "--spec", str(spec), "--model", str(tiny_model), "--rounds", "100",
+                          "--spec", str(spec), "--model", str(tiny_model), "--rounds", "100000",
                           "--min-clients", "2", "--local-steps", "2", "--run-dir", str(run_dir), "--no-live"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = time.time() + 300
