@@ -161,6 +161,7 @@ def run_local(cfg: ServerConfig, client_threads: int = 0, live: bool = True, top
     table = LiveTable(cluster.run_dir, enabled=live)
     code = 1
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM tears down like Ctrl-C
+    signal.signal(signal.SIGINT, _interrupt)   # explicitly: a background job inherits SIGINT ignored
     try:
         address = cluster.start()
         table.start(f"coordinator {address}, {len(cfg.client_entries())} clients, "
