@@ -1,4 +1,4 @@
-"""The README demo, as written: default model and data, 4 clients, 5 rounds (about 4 minutes)."""
+"""The README demo, as written: default model and data, 4 clients, 5 rounds (2-4 minutes)."""
 
 import json
 import subprocess
