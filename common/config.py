@@ -260,14 +260,14 @@ class ClientConfig(_Strict):
     probe_bytes: int = Field(256 << 10, ge=0, le=256 << 20,
                              description="link probe size each way at join; 0 = no probe")
 
-
-def client_transport_error(cfg: "ClientConfig") -> str | None:
-    if not cfg.insecure and not cfg.ca_cert:
-        return ("ca_cert: the coordinator is reached over TLS: pass --ca-cert (and --cert/--key for "
-                "mutual TLS), or --insecure for plaintext")
-    if bool(cfg.cert) != bool(cfg.key):
-        return "cert: cert and key go together"
-    return None
+    @model_validator(mode="after")
+    def _transport(self) -> "ClientConfig":
+        if not self.insecure and not self.ca_cert:
+            raise ValueError("ca_cert: the coordinator is reached over TLS: pass --ca-cert (and "
+                             "--cert/--key for mutual TLS), or --insecure for plaintext")
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("cert: cert and key go together")
+        return self
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

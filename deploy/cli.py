@@ -138,8 +138,9 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=5.0)
 
     sh = sub.add_parser("shape", help="shape this host's interface with tc (root or NET_ADMIN)",
-                        description="Upload rate with tbf, download rate with an ingress policer, on one "
-                                    "interface: what a client container's entrypoint runs.")
+                        description="Upload rate with tbf on the interface, download rate with tbf on an "
+                                    "ifb that its ingress is redirected to: what a client "
+                                    "container's entrypoint runs.")
     sh.add_argument("--dev", default="eth0")
     sh.add_argument("--up-mbit", type=float, default=0.0)
     sh.add_argument("--down-mbit", type=float, default=0.0)

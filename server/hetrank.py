@@ -13,7 +13,7 @@ factors are rescaled into the receiver's scaling on the way in and on the way ou
   SVD, redistributed at each client's rank as ``B = U_r S_r / s``, ``A = V_r^T``.
 
 Layers are addressed by their module path (``bert.encoder.layer.0.attention.self.query``);
-:func:`lora_pairs` maps peft's wire names onto it.
+:func:`fedlora.common.model.lora_pairs` maps peft's wire names onto it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,8 @@ from typing import Literal
 
 import torch
 
-from fedlora.common.model import lora_pairs
-
 Weighting = Literal["examples", "norm"]
-__all__ = ["HetLoRASum", "ProductSum", "lora_pairs", "redistribute", "scaling", "truncate"]
+__all__ = ["HetLoRASum", "ProductSum", "redistribute", "scaling", "truncate"]
 
 
 def scaling(alpha: float, rank: int) -> float:

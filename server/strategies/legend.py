@@ -13,6 +13,7 @@ its own record, so the planner's error is visible (``fedlora report``, bench/het
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, ClassVar
 
@@ -41,7 +42,7 @@ class Legend(RankedLoRA):
         self.shapes: list[BlockShape] = [[] for _ in blocks]
         for path in sorted(self.pairs):
             self.shapes[self.index[self.block_of[path]]].append(self.dims[path])
-        self.fixed_bytes = sum(_numel(s) * 4 for s, _ in self.others.values())
+        self.fixed_bytes = sum(math.prod(s) * 4 for s, _ in self.others.values())
         self.assignments: dict[str, Assignment] = {}
         self.baseline: dict[str, Assignment] = {}
 
@@ -91,9 +92,3 @@ class Legend(RankedLoRA):
         metrics["uniform_predicted_spread_seconds"] = round(max(base) - min(base), 3) if base else None
         return metrics
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 import torch
 
 from fedlora.common.config import ServerConfig
-from fedlora.common.model import adapter_spec_from_config
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.aggregate import WeightedSum
-from fedlora.server.hetrank import HetLoRASum, ProductSum, lora_pairs, redistribute, scaling, truncate
+from fedlora.common.model import adapter_spec_from_config, lora_pairs
+from fedlora.server.hetrank import HetLoRASum, ProductSum, redistribute, scaling, truncate
 from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy, TensorSpec
 
 Ranks = dict[str, int]
@@ -87,6 +87,7 @@ class RankedLoRA(Strategy):
 
     def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
         ranks = self.ranks_for(rnd, clients)
+        self._sent = {}  # this round's clients only: the round record lists exactly them
         state = self.global_state()
         rest = {n: state[n] for n in self.others}
         cut: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, TensorSpec]]] = {}
@@ -155,10 +156,6 @@ class RankedLoRA(Strategy):
 
     def discard(self, rnd: int) -> None:
         self._rest, self._sums = None, {}
-
-    def lora_floats(self, ranks: Ranks) -> int:
-        """Numbers one client's LoRA factors hold at ``ranks`` (each way)."""
-        return sum(r * sum(self.dims[p]) for p, r in ranks.items())
 
 
 def rank_summary(ranks: Ranks) -> dict[str, Any]:

@@ -93,18 +93,13 @@ class SAFedLoRA(RankedLoRA):
     def _refactor(self, path: str, rank: int, kept: list[int], out: dict[str, torch.Tensor]) -> None:
         """Keeps the ``kept`` triplets of a layer and re-factorises them by SVD; the layer is
         stored at r_max (zero-padded) in the coordinator's model."""
-        A, B = self.layer_factors(path, rank)
-        A, B = prune(A, B, kept)
+        A, B = prune(*self.layer_factors(path, rank), kept)
         k = len(kept)
-        a_name, b_name = self.pairs[path]
-        s_max = scaling(self.alpha, self.r_max)
-        if k == 0:
-            A, B = A.new_zeros(0, A.shape[1]), B.new_zeros(B.shape[0], 0)
-        else:
+        if k:  # the kept triplets as singular triplets, in the scaling of rank k
             dW = (B.double() @ A.double()) * scaling(self.alpha, rank)
             A, B = redistribute(dW, k, scaling(self.alpha, k))
-            A, B = truncate(A, B, scaling(self.alpha, k), self.r_max, s_max)
-        if k == 0:
-            A, B = truncate(A, B, 1.0, self.r_max, 1.0)
-        out[a_name], out[b_name] = A, B
+            rank = k
+        a_name, b_name = self.pairs[path]
+        out[a_name], out[b_name] = truncate(A, B, scaling(self.alpha, rank), self.r_max,
+                                            scaling(self.alpha, self.r_max))
         self.layer_ranks[path] = k
