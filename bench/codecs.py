@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from fedlora.common.blob import pack, unpack
-from fedlora.common.codec import Chain
+from fedlora.common.wire.blob import pack, unpack
+from fedlora.common.wire.codec import Chain
 
 CHAINS = [
     ["identity"], ["zstd:3"], ["fp16"], ["bf16"], ["int8:256"], ["topk:0.1"],

@@ -18,9 +18,11 @@ from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
 from fedlora.client.profiling import measure_block_seconds
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
-from fedlora.common.blob import pack, unpack
-from fedlora.common.codec import Chain
+from fedlora.common.wire.blob import pack, unpack
+from fedlora.common.wire.codec import Chain
 from fedlora.common.config import ClientConfig
+from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES
+from fedlora.common.wire.stats import TransferStats
 from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
 from fedlora.common.evaluate import batches, evaluate
 from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_a_digest, lora_pairs, select
@@ -142,7 +144,7 @@ class Client:
             profile.extra["lora_a_digest"] = lora_a_digest(am.state())
             profile.layer_seconds.update(self._block_seconds(am))
         if cfg.probe_bytes:
-            up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or (1 << 20))
+            up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
             profile.upload_bytes_per_second, profile.download_bytes_per_second = up, down
             log.info("link probe: up %.2f Mbit/s, down %.2f Mbit/s", up * 8e-6, down * 8e-6)
         log.info("interface bytes: %s", self.meter.interface if self.meter.available else
@@ -243,7 +245,7 @@ class Client:
                     self._upload_chain(plan.upload_codec))
         (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
         before = self.meter.read()
-        up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or (1 << 20))
+        up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
         iface_up = self.meter.delta(before, self.meter.read())
         metrics.update(local_accuracy=score.accuracy, local_loss=score.loss,
                        num_examples=float(len(self.train_data)),
@@ -316,11 +318,9 @@ class Client:
         return self._chains[key]
 
     def _global_state(self, rnd: int, ref: pb.BlobRef):
-        from fedlora.client.transport import IOStats
-
         if self._held is not None and self._held[0] == ref.digest:
             log.info("round %d: global state %s already held; download skipped", rnd, ref.version)
-            return self._held[1], IOStats()
+            return self._held[1], TransferStats()
         before = self.meter.read()
         data, stats = self.conn.download(rnd, ref)
         stats.iface = self.meter.delta(before, self.meter.read())

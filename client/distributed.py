@@ -2,7 +2,7 @@
 fedlora.client ...``.
 
 Rank 0 alone talks to the coordinator. Before each round's training it sends the other ranks
-what they need, as one safetensors blob (the adapter state it just loaded plus the plan and the
+what they need, as one wire blob (:func:`fedlora.common.wire.blob.pack`) (the adapter state it just loaded plus the plan and the
 trainable names in the metadata) over torch.distributed; every rank then trains the same model
 with DistributedDataParallel on its slice of each global batch (rows ``rank::world``), so the
 gradients DDP averages are exactly those of the whole batch and the result equals a
@@ -13,15 +13,15 @@ wait for the next round or for the end.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+
+from fedlora.common.wire.blob import pack, unpack
+from fedlora.common.wire.codec import Chain
 
 log = logging.getLogger("fedlora.client")
 
@@ -57,17 +57,15 @@ def local_device(name: str) -> str:
 
 
 def send(kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, bytes]) -> None:
-    """Rank 0: broadcast a round (or the end) to the other ranks."""
+    """Rank 0: broadcast a round (or the end) to the other ranks, as a wire blob."""
     header = {"kind": kind, **{k: base64.b64encode(v).decode() for k, v in meta.items()}}
-    blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=header)
-    _broadcast_bytes(blob)
+    _broadcast_bytes(pack(tensors, header, Chain()).data)
 
 
 def receive() -> tuple[str, dict[str, torch.Tensor], dict[str, bytes]]:
-    blob = _broadcast_bytes(None)
-    tensors = st_load(blob)
-    n = int.from_bytes(blob[:8], "little")  # safetensors: u64 header length, then the JSON header
-    header = dict(json.loads(blob[8:8 + n]).get("__metadata__") or {})
+    tensors, header = unpack(_broadcast_bytes(None))
+    for key in ("codec_chain", "stage_bytes"):  # pack's own entries
+        header.pop(key, None)
     kind = header.pop("kind")
     return kind, tensors, {k: base64.b64decode(v) for k, v in header.items()}
 

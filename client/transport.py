@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 import grpc
 
-from fedlora.common.blob import Blob, iter_chunks, sha256
+from fedlora.common.wire.blob import Blob
+from fedlora.common.wire.chunks import iter_chunks, sha256
 from fedlora.common.channel import grpc_options
-from fedlora.common.netstat import Counters
+from fedlora.common.wire.protocol import PROTOCOL
+from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 
@@ -32,14 +33,6 @@ class TransferFailed(RuntimeError):
     def __init__(self, message: str, code: grpc.StatusCode | None = None):
         super().__init__(message)
         self.code = code
-
-
-@dataclass
-class IOStats:
-    payload_bytes: int = 0
-    grpc_bytes: int = 0
-    seconds: float = 0.0
-    iface: Counters | None = None  # interface counter deltas over the transfer, when measurable
 
 
 class Connection:
@@ -63,7 +56,7 @@ class Connection:
         while True:
             try:
                 reply = self.stub.Join(pb.JoinRequest(client_id=client_id, token=token,
-                                                      profile=profile, protocol="fedlora.v1"),
+                                                      profile=profile, protocol=PROTOCOL),
                                        timeout=30, wait_for_ready=True)
                 self.session = reply.session_id
                 return reply
@@ -105,9 +98,9 @@ class Connection:
         return up, down
 
     # ------------------------------------------------------------------ download
-    def download(self, rnd: int, ref: pb.BlobRef) -> tuple[bytes, IOStats]:
+    def download(self, rnd: int, ref: pb.BlobRef) -> tuple[bytes, TransferStats]:
         buf = bytearray()
-        stats = IOStats()
+        stats = TransferStats()
         last_progress = time.time()
         while True:
             t0 = time.perf_counter()
@@ -144,9 +137,9 @@ class Connection:
         return self.stub.UploadStatus(pb.UploadStatusRequest(session_id=self.session, round=rnd),
                                       timeout=60)
 
-    def upload(self, rnd: int, blob: Blob, chunk_bytes: int) -> IOStats:
+    def upload(self, rnd: int, blob: Blob, chunk_bytes: int) -> TransferStats:
         """Streams ``blob``, resuming from the coordinator's acknowledged offset after errors."""
-        stats = IOStats()
+        stats = TransferStats()
         last_progress = time.time()
         acked = -1
         while True:
@@ -178,7 +171,7 @@ class Connection:
                 raise TransferFailed(f"upload made no progress for {self.no_progress_timeout_s:g}s")
             time.sleep(0.5)
 
-    def _chunks(self, rnd: int, blob: Blob, chunk_bytes: int, start: int, stats: IOStats):
+    def _chunks(self, rnd: int, blob: Blob, chunk_bytes: int, start: int, stats: TransferStats):
         first = True
         for off, data in iter_chunks(blob.data, chunk_bytes, start):
             msg = pb.UploadChunk(offset=off, data=data, digest=sha256(data))

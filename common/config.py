@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedlora.common.codec import Chain
+from fedlora.common.wire.codec import Chain
+from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 
 
 class ConfigError(ValueError):
@@ -183,7 +184,7 @@ class ServerConfig(_Strict):
     join_timeout_s: float = Field(600.0, gt=0)
     round_retries: int = Field(1, ge=0)
     seed: int = 0
-    chunk_bytes: int = Field(1 << 20, ge=1024, le=3 << 20)
+    chunk_bytes: int = Field(DEFAULT_CHUNK_BYTES, ge=MIN_CHUNK_BYTES, le=MAX_CHUNK_BYTES)
     max_upload_factor: float = Field(
         4.0, ge=1.0, description="an upload may be at most this times its raw tensor size"
     )

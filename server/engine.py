@@ -17,23 +17,24 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import torch
 
-from fedlora.common.blob import Blob, BlobError, pack, tensor_bytes, unpack
-from fedlora.common.codec import Chain
+from fedlora.common.wire.blob import Blob, BlobError, pack, unpack
+from fedlora.common.wire.stats import tensor_bytes
+from fedlora.common.wire.codec import Chain
+from fedlora.common.wire.protocol import HEADER_SLACK
+from fedlora.common.wire.stats import TransferStats
 from fedlora.common.config import ClientEntry, ServerConfig
 from fedlora.common.model import REPORT_PREFIX
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.errors import Refused
+from fedlora.common.errors import Refused, Status
 from fedlora.server.runlog import RunLog
 from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
-from fedlora.server.uploads import PartialUpload
+from fedlora.common.wire.chunks import PartialUpload
 from fedlora.server.validate import validate_update
 
 log = logging.getLogger("fedlora.server")
 
-HEADER_SLACK = 64 << 10  # safetensors header + codec metadata allowance on top of the data
 
 
 @dataclass
@@ -50,23 +51,6 @@ class ClientState:
 
 
 @dataclass
-class Transfer:
-    tensor_bytes: int = 0
-    payload_bytes: int = 0
-    grpc_bytes: int = 0
-    seconds: float = 0.0
-    stage_bytes: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {"tensor_bytes": self.tensor_bytes, "payload_bytes": self.payload_bytes,
-             "grpc_bytes": self.grpc_bytes, "seconds": round(self.seconds, 4),
-             "stage_bytes": self.stage_bytes}
-        d["throughput_bytes_per_s"] = (round(self.payload_bytes / self.seconds, 1)
-                                       if self.seconds > 0 else None)
-        return d
-
-
-@dataclass
 class Round:
     number: int
     attempt: int
@@ -78,8 +62,8 @@ class Round:
     accepted: dict[str, float] = field(default_factory=dict)   # client -> weight
     refused: dict[str, str] = field(default_factory=dict)      # final refusals, client -> why
     uploads: dict[str, PartialUpload] = field(default_factory=dict)
-    down: dict[str, Transfer] = field(default_factory=dict)
-    up: dict[str, Transfer] = field(default_factory=dict)
+    down: dict[str, TransferStats] = field(default_factory=dict)
+    up: dict[str, TransferStats] = field(default_factory=dict)
     reports: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def settled(self) -> bool:
@@ -113,9 +97,9 @@ class Engine:
         with self.cond:
             st = self.clients.get(client_id)
             if st is None:
-                raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"unknown client id {client_id!r}")
+                raise Refused(Status.PERMISSION_DENIED, f"unknown client id {client_id!r}")
             if st.entry.token and not hmac.compare_digest(st.entry.token, token):
-                raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"wrong token for client {client_id!r}")
+                raise Refused(Status.UNAUTHENTICATED, f"wrong token for client {client_id!r}")
             if st.session:
                 self.sessions.pop(st.session, None)
             st.session = uuid.uuid4().hex
@@ -135,7 +119,7 @@ class Engine:
     def _client(self, session: str) -> ClientState:
         cid = self.sessions.get(session)
         if cid is None:
-            raise Refused(grpc.StatusCode.UNAUTHENTICATED,
+            raise Refused(Status.UNAUTHENTICATED,
                           "unknown or expired session: join again")
         return self.clients[cid]
 
@@ -165,13 +149,13 @@ class Engine:
         r = self.current
         if r is None or r.number != rnd:
             now = r.number if r else 0
-            raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+            raise Refused(Status.FAILED_PRECONDITION,
                           f"round {rnd} is not open (current round: {now})")
         if not r.open:
-            raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+            raise Refused(Status.FAILED_PRECONDITION,
                           f"round {rnd} is closed (deadline passed or aggregated): late update refused")
         if st.entry.id not in r.instructions:
-            raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+            raise Refused(Status.FAILED_PRECONDITION,
                           f"client {st.entry.id!r} is not planned for round {rnd}")
         return st, r
 
@@ -186,7 +170,7 @@ class Engine:
             if r is None or r.number != rnd:
                 return
             blob = r.blobs[cid]
-            t = r.down.setdefault(cid, Transfer(tensor_bytes=blob.tensor_bytes,
+            t = r.down.setdefault(cid, TransferStats(tensor_bytes=blob.tensor_bytes,
                                                 stage_bytes=list(blob.stage_bytes)))
             t.payload_bytes += sent
             t.grpc_bytes += grpc_bytes
@@ -197,18 +181,18 @@ class Engine:
             st, r = self._open_round_for(session, rnd)
             cid = st.entry.id
             if cid in r.accepted:
-                raise Refused(grpc.StatusCode.ALREADY_EXISTS, f"round {rnd}: update already accepted")
+                raise Refused(Status.ALREADY_EXISTS, f"round {rnd}: update already accepted")
             if cid in r.refused:
-                raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                raise Refused(Status.FAILED_PRECONDITION,
                               f"round {rnd}: update already refused ({r.refused[cid]})")
             limit = r.instructions[cid].plan.max_upload_bytes
             if total <= 0:
-                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "upload declares no size")
+                raise Refused(Status.INVALID_ARGUMENT, "upload declares no size")
             if total > limit:
-                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                raise Refused(Status.RESOURCE_EXHAUSTED,
                               f"upload of {total} bytes exceeds the plan's limit of {limit} bytes")
             if len(digest) != 64:
-                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "upload declares no sha256 blob digest")
+                raise Refused(Status.INVALID_ARGUMENT, "upload declares no sha256 blob digest")
             part = r.uploads.get(cid)
             if part is None or part.total_size != total or part.blob_digest != digest:
                 part = PartialUpload(total, digest)  # a different blob: start over
@@ -239,7 +223,7 @@ class Engine:
             r = self.current
             if r is None or r.number != rnd:
                 return
-            t = r.up.setdefault(cid, Transfer())
+            t = r.up.setdefault(cid, TransferStats())
             t.payload_bytes += received
             t.grpc_bytes += grpc_bytes
             t.seconds += seconds
@@ -258,37 +242,37 @@ class Engine:
                 r = self.current
                 inst = r.instructions[cid] if r is not None and r.number == rnd else None
             if inst is None:
-                raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"round {rnd} is no longer open")
+                raise Refused(Status.FAILED_PRECONDITION, f"round {rnd} is no longer open")
             if meta.get("round") != rnd or meta.get("client") != cid:
-                raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                raise Refused(Status.INVALID_ARGUMENT,
                               f"blob header names round {meta.get('round')!r} and client "
                               f"{meta.get('client')!r}, expected {rnd} and {cid!r}")
             weight = meta.get("num_examples")
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
-                raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                raise Refused(Status.INVALID_ARGUMENT,
                               "blob header lacks a positive num_examples")
             weight = float(weight)
             if meta.get("upload_kind", "weights") != (inst.plan.upload_kind or "weights"):
-                raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                raise Refused(Status.INVALID_ARGUMENT,
                               f"blob is a {meta.get('upload_kind')!r} upload, the plan asks for "
                               f"{inst.plan.upload_kind!r}")
             validate_update(tensors, inst.expected)
             if inst.plan.upload_kind == "delta":
                 tensors = apply_delta(inst.tensors, tensors)
         except BlobError as e:
-            self._refuse(cid, rnd, grpc.StatusCode.INVALID_ARGUMENT, f"undecodable update: {e}")
+            self._refuse(cid, rnd, Status.INVALID_ARGUMENT, f"undecodable update: {e}")
         except Refused as e:
-            if e.code == grpc.StatusCode.INVALID_ARGUMENT:
+            if e.code == Status.INVALID_ARGUMENT:
                 self._refuse(cid, rnd, e.code, e.message)
             raise
         with self.cond:
             r = self.current
             if r is None or r.number != rnd or not r.open:
-                raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                raise Refused(Status.FAILED_PRECONDITION,
                               f"round {rnd} closed while the update was being checked: late update refused")
             self.strategy.fold(rnd, self.clients[cid].info(), tensors, weight)
             r.accepted[cid] = weight
-            r.up.setdefault(cid, Transfer()).tensor_bytes = tensor_bytes(tensors)
+            r.up.setdefault(cid, TransferStats()).tensor_bytes = tensor_bytes(tensors)
             r.up[cid].stage_bytes = [int(b) for b in meta.get("stage_bytes", [])]
             log.info("round %d: update from %s accepted (%d bytes, weight %g)", rnd, cid,
                      part.total_size, weight)
@@ -296,7 +280,7 @@ class Engine:
                            finished=len(r.accepted) + len(r.refused), planned=len(r.instructions))
             self.cond.notify_all()
 
-    def _refuse(self, cid: str, rnd: int, code: grpc.StatusCode, why: str) -> None:
+    def _refuse(self, cid: str, rnd: int, code: Status, why: str) -> None:
         with self.cond:
             r = self.current
             if r is not None and r.number == rnd:
@@ -322,7 +306,7 @@ class Engine:
                     st.session, st.profile = "", None
                     self.log.write("refused", round=rnd, client=cid, code="FAILED_PRECONDITION", reason=why)
                     self.cond.notify_all()
-                    raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"client {cid!r} refused: {why}")
+                    raise Refused(Status.FAILED_PRECONDITION, f"client {cid!r} refused: {why}")
                 st.profile = profile
                 self.turned_away.discard(cid)
                 self.cond.notify_all()
@@ -475,10 +459,10 @@ class Engine:
             status = ("accepted" if cid in r.accepted else "refused" if cid in r.refused
                       else "missing")
             rep = r.reports.get(cid, {})
-            down_t = r.down.get(cid, Transfer())
+            down_t = r.down.get(cid, TransferStats())
             if rep.get("client_down_seconds"):  # the receiver's clock: the sender's ends when
                 down_t.seconds = rep["client_down_seconds"]  # its buffers fill, not on arrival
-            up, down = r.up.get(cid, Transfer()).as_dict(), down_t.as_dict()
+            up, down = r.up.get(cid, TransferStats()).as_dict(), down_t.as_dict()
             # the client's own interface counters: tx while uploading, rx while downloading
             up["iface_bytes"] = _int_or_none(rep.get("iface_up_tx_bytes"))
             down["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
@@ -512,7 +496,7 @@ def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -
     Reports (``fedlora.*``) ride along as they are."""
     missing = sorted(n for n in set(delta) - set(base) if not n.startswith(REPORT_PREFIX))
     if missing:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+        raise Refused(Status.INVALID_ARGUMENT,
                       f"delta for {missing[0]!r}, which the round's global state does not hold")
     out = {}
     for name, d in delta.items():
@@ -521,7 +505,7 @@ def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -
             continue
         out[name] = (base[name].to(torch.float64) + d.to(torch.float64)).to(base[name].dtype)
         if not bool(torch.isfinite(out[name]).all()):
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")
+            raise Refused(Status.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")
     return out
 
 

@@ -9,20 +9,17 @@ import time
 
 import grpc
 
-from fedlora.common.blob import iter_chunks, sha256
+from fedlora.common.wire.chunks import iter_chunks, sha256
+from fedlora.common.wire.protocol import MAX_CHUNK_BYTES, PROBE_MAX_BYTES, PROTOCOL
 from fedlora.common.tls import peer_common_name
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.engine import Engine
-from fedlora.server.errors import Refused
+from fedlora.common.errors import Refused, Status
 
 log = logging.getLogger("fedlora.server")
 
-PROTOCOL = "fedlora.v1"
-
-
-PROBE_MAX_BYTES = 256 << 20
-_PROBE_BLOCK = os.urandom(3 << 20)  # incompressible, reused: probes measure the link, not a codec
+_PROBE_BLOCK = os.urandom(MAX_CHUNK_BYTES)  # incompressible, reused: probes measure the link, not a codec
 
 
 class CoordinatorService(pbg.CoordinatorServicer):
@@ -31,7 +28,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
 
     def _abort(self, context: grpc.ServicerContext, e: Refused, what: str):
         log.warning("%s refused: %s: %s", what, e.code.name, e.message)
-        context.abort(e.code, e.message)
+        context.abort(grpc.StatusCode[e.code.name], e.message)
 
     def _bound(self, context, session: str) -> None:
         """Under mutual TLS a session is usable only with the certificate of the client that
@@ -44,7 +41,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         except Refused as e:
             self._abort(context, e, "call")
         if cid != cn:
-            self._abort(context, Refused(grpc.StatusCode.PERMISSION_DENIED,
+            self._abort(context, Refused(Status.PERMISSION_DENIED,
                                          f"certificate is for {cn!r}, the session belongs to another client"),
                         f"call from {cn!r}")
 
@@ -54,7 +51,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                           f"protocol {request.protocol!r} not supported; this coordinator speaks {PROTOCOL}")
         cn = peer_common_name(context)
         if cn is not None and cn != request.client_id:
-            self._abort(context, Refused(grpc.StatusCode.PERMISSION_DENIED,
+            self._abort(context, Refused(Status.PERMISSION_DENIED,
                                          f"certificate is for {cn!r}, not for client {request.client_id!r}"),
                         f"join of {request.client_id!r}")
         try:

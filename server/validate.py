@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 import torch
 
-from fedlora.server.errors import Refused
+from fedlora.common.errors import Refused, Status
 from fedlora.server.strategies.base import TensorSpec
 
 
@@ -20,16 +19,16 @@ def validate_update(tensors: dict[str, torch.Tensor], expected: dict[str, Tensor
             parts.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]!r}")
         if extra:
             parts.append(f"{len(extra)} tensor(s) not in the plan, e.g. {extra[0]!r}")
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "update does not match the plan: " + "; ".join(parts))
+        raise Refused(Status.INVALID_ARGUMENT, "update does not match the plan: " + "; ".join(parts))
     for name, t in tensors.items():
         shape, dtype = expected[name]
         if tuple(t.shape) != tuple(shape):
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refused(Status.INVALID_ARGUMENT,
                           f"tensor {name!r}: shape {tuple(t.shape)}, the plan says {tuple(shape)}")
         if t.dtype != dtype:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refused(Status.INVALID_ARGUMENT,
                           f"tensor {name!r}: dtype {t.dtype}, the plan says {dtype}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+            raise Refused(Status.INVALID_ARGUMENT,
                           f"tensor {name!r}: {bad} non-finite value(s) (NaN or Inf)")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedlora.common.blob import unpack
+from fedlora.common.wire.blob import unpack
 from fedlora.server.strategies.ce_lora import STATS_COUNT, STATS_MEAN, data_similarity, personal_weights
 from procs import finish, records, start_client, start_server, tail
 

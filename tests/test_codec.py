@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedlora.common.blob import BlobError, pack, unpack
-from fedlora.common.codec import Chain, parse_stage
+from fedlora.common.wire.blob import BlobError, pack, unpack
+from fedlora.common.wire.codec import Chain, parse_stage
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8,
           torch.int32, torch.int64, torch.bool]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlora.common.blob import unpack
+from fedlora.common.wire.blob import unpack
 from procs import finish, start_client, start_server, tail
 from tiny import build_tiny_model
 

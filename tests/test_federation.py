@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedlora.common.blob import iter_chunks, pack, sha256, unpack
-from fedlora.common.codec import Chain
+from fedlora.common.wire.blob import pack, unpack
+from fedlora.common.wire.chunks import iter_chunks, sha256
+from fedlora.common.wire.codec import Chain
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from procs import finish, records, start_client, start_server, tail

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedlora.common.blob import unpack
+from fedlora.common.wire.blob import unpack
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from procs import finish, records, start_client, start_server, tail

@@ -9,7 +9,7 @@ import re
 import pytest
 from safetensors.torch import load_file
 
-from fedlora.common.blob import unpack
+from fedlora.common.wire.blob import unpack
 from fedlora.common.model import IMPORTANCE_PREFIX, lora_pairs
 from fedlora.server.strategies.ranked import layer_order
 from procs import finish, records, start_client, start_server, tail

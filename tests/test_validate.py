@@ -1,13 +1,12 @@
 """Updates are checked against the plan before any strategy sees them."""
 
-import grpc
 import pytest
 import torch
 
-from fedlora.server.errors import Refused
-from fedlora.server.uploads import PartialUpload
+from fedlora.common.errors import Refused, Status
+from fedlora.common.wire.chunks import PartialUpload
 from fedlora.server.validate import validate_update
-from fedlora.common.blob import sha256
+from fedlora.common.wire.chunks import sha256
 
 EXPECTED = {"a": ((2, 3), torch.float32), "b": ((4,), torch.float32)}
 
@@ -19,7 +18,7 @@ def ok():
 def refusal(update):
     with pytest.raises(Refused) as e:
         validate_update(update, EXPECTED)
-    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.code == Status.INVALID_ARGUMENT
     return e.value.message
 
 
@@ -64,13 +63,13 @@ def test_upload_takes_chunks_in_order_only():
     up.add(*chunks[0], sha256(chunks[0][1]))
     with pytest.raises(Refused) as e:  # skips ahead
         up.add(*chunks[2], sha256(chunks[2][1]))
-    assert e.value.code == grpc.StatusCode.OUT_OF_RANGE and "skips ahead" in e.value.message
+    assert e.value.code == Status.OUT_OF_RANGE and "skips ahead" in e.value.message
     with pytest.raises(Refused) as e:  # overlaps
         up.add(*chunks[0], sha256(chunks[0][1]))
     assert "overlaps" in e.value.message
     with pytest.raises(Refused) as e:  # corrupt
         up.add(chunks[1][0], b"x" + chunks[1][1][1:], sha256(chunks[1][1]))
-    assert e.value.code == grpc.StatusCode.DATA_LOSS
+    assert e.value.code == Status.DATA_LOSS
     assert up.acked == 1000  # what was acknowledged survives every refusal
     for off, c in chunks[1:]:
         up.add(off, c, sha256(c))
@@ -83,4 +82,4 @@ def test_whole_blob_digest_is_checked():
     up.add(0, data, sha256(data))
     with pytest.raises(Refused) as e:
         up.verified()
-    assert e.value.code == grpc.StatusCode.DATA_LOSS
+    assert e.value.code == Status.DATA_LOSS

@@ -11,10 +11,8 @@ same tensors give different bytes (and digests) from one call to the next.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,23 +21,16 @@ import zstandard
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedlora.common.codec import Chain
+from fedlora.common.wire.chunks import sha256
+from fedlora.common.wire.codec import Chain
+from fedlora.common.wire.stats import tensor_bytes
 
 HEADER_KEY = "fedlora"
 CODEC_TENSOR = "__codec__"
-DEFAULT_CHUNK_BYTES = 1 << 20
 
 
 class BlobError(ValueError):
     """A blob that cannot be used: corrupt, undecodable, or not what was expected."""
-
-
-def sha256(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 @dataclass(frozen=True)
@@ -107,10 +98,3 @@ def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError, zstandard.ZstdError) as e:
         raise BlobError(f"cannot decode codec chain: {e}") from None
 
-
-def iter_chunks(data: bytes, chunk_bytes: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
-    if chunk_bytes <= 0:
-        raise ValueError("chunk_bytes must be positive")
-    view = memoryview(data)
-    for off in range(start, len(data), chunk_bytes):
-        yield off, bytes(view[off : off + chunk_bytes])
