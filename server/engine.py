@@ -29,7 +29,7 @@ from fedlora.common.model import REPORT_PREFIX
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.common.errors import Refused, Status
 from fedlora.server.runlog import RunLog
-from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy
 from fedlora.common.wire.chunks import PartialUpload
 from fedlora.server.validate import validate_update
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedlora.common.errors import Refused, Status
-from fedlora.server.strategies.base import TensorSpec
+from fedlora.server.strategy import TensorSpec
 
 
 def validate_update(tensors: dict[str, torch.Tensor], expected: dict[str, TensorSpec]) -> None:

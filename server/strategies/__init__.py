@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy
 from fedlora.server.strategies.fedavg import FedAvgFull, FedAvgLoRA
 from fedlora.server.strategies.ce_lora import CELoRA
 from fedlora.server.strategies.ffa import FFALoRA

@@ -26,7 +26,7 @@ from fedlora.common.config import ServerConfig
 from fedlora.common.model import adapter_spec_from_config
 from fedlora.common.tuners import trilora
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy
 
 C_NAME = r"\.lora_C$"
 STATS_MEAN = "fedlora.stats.class_mean"

@@ -15,7 +15,7 @@ from fedlora.common.config import ServerConfig
 from fedlora.common.model import adapter_spec_from_config
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.aggregate import WeightedSum
-from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy
 
 
 class FedAvgLoRA(Strategy):

@@ -14,7 +14,7 @@ from fedlora.common.config import ServerConfig
 from fedlora.common.model import lora_a_digest
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.aggregate import WeightedSum
-from fedlora.server.strategies.base import ClientInfo, Instruction
+from fedlora.server.strategy import ClientInfo, Instruction
 from fedlora.server.strategies.fedavg import FedAvgLoRA
 
 FROZEN = r"\.lora_A\."

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fedlora.server.strategies.base import ClientInfo
+from fedlora.server.strategy import ClientInfo
 from fedlora.server.strategies.ranked import RankedLoRA, Ranks, rank_from_memory
 
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from fedlora.common.training import steps_per_round
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.planner import Assignment, BlockShape, Device, plan, uniform
-from fedlora.server.strategies.base import ClientInfo, TensorSpec
+from fedlora.server.strategy import ClientInfo, TensorSpec
 from fedlora.server.strategies.ranked import RankedLoRA, Ranks
 
 _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")

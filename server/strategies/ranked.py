@@ -27,7 +27,7 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.aggregate import WeightedSum
 from fedlora.common.model import adapter_spec_from_config, lora_pairs
 from fedlora.server.hetrank import HetLoRASum, ProductSum, redistribute, scaling, truncate
-from fedlora.server.strategies.base import ClientInfo, Instruction, Strategy, TensorSpec
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy, TensorSpec
 
 Ranks = dict[str, int]
 

@@ -21,7 +21,7 @@ from fedlora.common.model import IMPORTANCE_PREFIX
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.budget import BudgetSchedule, keep_top, prune
 from fedlora.server.hetrank import redistribute, scaling, truncate
-from fedlora.server.strategies.base import ClientInfo, TensorSpec
+from fedlora.server.strategy import ClientInfo, TensorSpec
 from fedlora.server.strategies.ranked import RankedLoRA, Ranks, rank_summary
 
 
