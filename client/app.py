@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -12,23 +11,23 @@ import grpc
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedlora import methods
 from fedlora.client import distributed
-from fedlora.client.importance import IMPORTANCE_PREFIX, ImportanceEMA
+from fedlora.client.hooks import ClientContext, ClientHooks
 from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
-from fedlora.client.profiling import measure_block_seconds
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
-from fedlora.common.wire.blob import pack, unpack
-from fedlora.common.wire.codec import Chain
 from fedlora.common.config import ClientConfig
-from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES
-from fedlora.common.wire.stats import TransferStats
 from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
-from fedlora.common.evaluate import batches, evaluate
-from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_a_digest, lora_pairs, select
+from fedlora.common.evaluate import evaluate
+from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, select
 from fedlora.common.netstat import InterfaceMeter
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import steps_per_round
+from fedlora.common.wire.blob import pack, unpack
+from fedlora.common.wire.codec import Chain
+from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES, REPORT_TEST_ACCURACY
+from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 log = logging.getLogger("fedlora.client")
@@ -73,7 +72,7 @@ class Client:
         self._held: tuple[str, dict[str, torch.Tensor]] | None = None  # (digest, global tensors)
         self._chains: dict[tuple[str, ...], Chain] = {}
         self._personal = False  # the last plan kept tensors local: this client's model is its own
-        self._profile: pb.DeviceProfile | None = None  # the last one reported
+        self.hooks: ClientHooks | None = None  # the run's method's client half, from its spec
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, spec: pb.RunSpec) -> Dataset:
@@ -139,10 +138,10 @@ class Client:
                  self.spec.run_id, self.spec.strategy, self.spec.partition)
         self._prepare_data()
         profile = device_profile(self.device, len(self.train_data))
-        if self.spec.adapter.kind == "lora":  # build it now: the coordinator checks its A at join
-            am = self._model_for(self.spec.adapter)
-            profile.extra["lora_a_digest"] = lora_a_digest(am.state())
-            profile.layer_seconds.update(self._block_seconds(am))
+        self.hooks = methods.get(self.spec.strategy).client(ClientContext(
+            cfg.client_id, self.spec, self.device, self.state_dir, self.tokenizer, self.train_data,
+            self._model_for))
+        self.hooks.on_join(profile)
         if cfg.probe_bytes:
             up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
             profile.upload_bytes_per_second, profile.download_bytes_per_second = up, down
@@ -150,7 +149,6 @@ class Client:
         log.info("interface bytes: %s", self.meter.interface if self.meter.available else
                  f"not available ({self.meter.reason})")
         self.conn.report(0, {"num_examples": float(len(self.train_data))}, profile)
-        self._profile = profile
         log.info("%d training and %d local evaluation examples", len(self.train_data), len(self.eval_data))
         last = 0
         while True:
@@ -194,24 +192,21 @@ class Client:
                 return
             log.info("round %d: DP-SGD, noise %.3f, clip %g, epsilon after this round %.3f", rnd,
                      ledger.noise_multiplier, ledger.clip_norm, eps_after)
+        assert self.hooks is not None, "play before join"
         am = self._model_for(plan.adapter)
         t_round = time.perf_counter()
         global_tensors, down = self._global_state(rnd, plan.global_state)
         local_path = self.state_dir / "local.safetensors"
         keep = set(select(am.names(), plan.keep_local)) if plan.keep_local else set()
         self._personal = bool(keep)
+        global_tensors = self.hooks.on_global_state(plan, am, global_tensors)
         am.load_state({k: v for k, v in global_tensors.items() if k not in keep})
         if keep and local_path.is_file():
             am.load_state({k: v for k, v in load_file(str(local_path)).items() if k in keep})
         trained = am.set_trainable(list(plan.train), list(plan.freeze))
         log.info("round %d: training %d tensors on %d examples%s", rnd, len(trained), len(self.train_data),
                  "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())))
-        importance = after_backward = None
-        if "importance" in plan.report:
-            importance = ImportanceEMA(float(plan.options.get("beta1", "0.85")),
-                                       float(plan.options.get("beta2", "0.85")))
-            pairs = {path: (am.parameter(a), am.parameter(b)) for path, (a, b) in lora_pairs(am.names()).items()}
-            after_backward = lambda: importance.update(pairs)  # noqa: E731
+        after_backward = self.hooks.before_training(plan, am)
         if self.ctx is not None:  # the other ranks train the same model on their rows
             distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
@@ -228,15 +223,8 @@ class Client:
         update = {n: state[n] for n in select(am.names(), plan.upload)}
         if plan.upload_kind == "delta":
             update = {n: t - global_tensors[n].to(t.dtype) for n, t in update.items()}
-        if "class_stats" in plan.report:
-            noise = float(plan.options.get("stats_noise", "0") or 0)
-            update.update(class_stats(am, self.tokenizer, self.train_data, self.spec.num_labels,
-                                      self.spec.max_length, self.device, noise, self.spec.seed + rnd))
-        if importance is not None:
-            scores = importance.scores()
-            update.update({IMPORTANCE_PREFIX + path: scores.get(path, torch.zeros(am.parameter(a).shape[0]))
-                           for path, (a, _b) in lora_pairs(am.names()).items()})
-        if "test_accuracy" in plan.report and self.test_data is not None:
+        update.update(self.hooks.upload_extras(plan, am))
+        if REPORT_TEST_ACCURACY in plan.report and self.test_data is not None:
             test = evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length, self.device)
             metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
         blob = pack(update, {"round": rnd, "client": self.cfg.client_id,
@@ -258,52 +246,10 @@ class Client:
         for key, c in (("down", down.iface), ("up", iface_up)):
             if c is not None:
                 metrics[f"iface_{key}_rx_bytes"], metrics[f"iface_{key}_tx_bytes"] = float(c.rx), float(c.tx)
-        self.conn.report(rnd, metrics, self._refreshed_profile(metrics, down, up)
-                         if "profile" in plan.report else None)
+        self.conn.report(rnd, metrics, self.hooks.round_profile(plan, metrics, down, up))
         log.info("round %d: loss %.4f, local accuracy %.4f, up %d B (%d on gRPC) in %.2fs, round %.1fs",
                  rnd, metrics["train_loss"], score.accuracy, up.payload_bytes, up.grpc_bytes,
                  up.seconds, time.perf_counter() - t_round)
-
-    def _block_seconds(self, am: AdaptedModel) -> dict[str, float]:
-        """Per-block forward/backward seconds of one training step at the measured batch size
-        (``batch`` in the map), for planners that choose LoRA depth."""
-        n = min(32, len(self.train_data))
-        if n == 0:
-            return {}
-        enc, labels = next(batches(self.train_data, self.tokenizer, n, self.spec.max_length, list(range(n))))
-        am.set_trainable([".*"], [])
-        out = measure_block_seconds(am.model, {k: v.to(self.device) for k, v in enc.items()}, labels.to(self.device))
-        if out:
-            out["batch"] = float(n)
-            log.info("one step of %d examples: %.3fs (%d blocks measured)", n, out["step"],
-                     sum(k.startswith("fwd.") for k in out))
-        return out
-
-    def _refreshed_profile(self, metrics: dict[str, float], down, up) -> pb.DeviceProfile:
-        """The join profile with this round's evidence: link rates from the round's own
-        transfers (where big enough to mean something), and the per-block times scaled by how
-        this round's steps compared with the step measured at join (contention, throttling)."""
-        p = pb.DeviceProfile()
-        p.CopyFrom(self._profile or device_profile(self.device, len(self.train_data)))
-        if up.payload_bytes >= (64 << 10) and up.seconds > 0:
-            p.upload_bytes_per_second = up.payload_bytes / up.seconds
-        if down.payload_bytes >= (64 << 10) and down.seconds > 0:
-            p.download_bytes_per_second = down.payload_bytes / down.seconds
-        p.examples_per_second = metrics.get("examples_per_second", 0.0)
-        step, steps = p.layer_seconds.get("step", 0.0), metrics.get("steps", 0.0)
-        if step > 0 and steps > 0 and metrics.get("train_seconds", 0.0) > 0:
-            batch = p.layer_seconds.get("batch", 1.0)
-            seen_per_step = metrics.get("examples_seen", 0.0) / steps
-            factor = (metrics["train_seconds"] / steps) / (step * max(seen_per_step, 1.0) / batch)
-            for k in list(p.layer_seconds):
-                if k.startswith(("fwd.", "bwd.")) or k in ("fixed", "step"):
-                    p.layer_seconds[k] *= factor
-        # what a round costs beyond training steps and transfers (model rebuild, evaluation,
-        # packing): a per-round constant the planner would otherwise miss
-        p.layer_seconds["round_overhead"] = max(0.0, metrics.get("round_seconds", 0.0) - metrics.get(
-            "train_seconds", 0.0) - up.seconds - down.seconds)
-        self._profile = p
-        return p
 
     def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:
         return PrivacyLedger.open(self.state_dir / "privacy.json", t.dp, len(self.train_data),
@@ -329,35 +275,6 @@ class Client:
         log.info("round %d: downloaded %d B (%d on gRPC) in %.2fs", rnd, stats.payload_bytes,
                  stats.grpc_bytes, stats.seconds)
         return tensors, stats
-
-
-@torch.no_grad()
-def class_stats(am: AdaptedModel, tokenizer, data: Dataset, num_labels: int, max_length: int,
-                device: torch.device, noise_std: float, seed: int) -> dict[str, torch.Tensor]:
-    """Per-class mean [CLS] embedding of the *base* model (adapters off, so every client
-    embeds in the same space) and class counts; optional Gaussian noise on the means."""
-    from fedlora.common.evaluate import batches
-
-    model = am.model
-    hidden = model.config.hidden_size
-    sums = torch.zeros(num_labels, hidden, dtype=torch.float64)
-    counts = torch.zeros(num_labels, dtype=torch.float64)
-    was = model.training
-    model.eval()
-    ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    with ctx:
-        for enc, labels in batches(data, tokenizer, 128, max_length):
-            out = model(**{k: v.to(device) for k, v in enc.items()}, output_hidden_states=True)
-            cls = out.hidden_states[-1][:, 0].double().cpu()
-            sums.index_add_(0, labels, cls)
-            counts += torch.bincount(labels, minlength=num_labels).double()
-    model.train(was)
-    means = sums / counts.clamp(min=1)[:, None]
-    if noise_std > 0:
-        g = torch.Generator().manual_seed(seed)
-        means = means + torch.randn(means.shape, generator=g, dtype=torch.float64) * noise_std
-    means[counts == 0] = 0.0
-    return {"fedlora.stats.class_mean": means.float(), "fedlora.stats.class_count": counts.float()}
 
 
 def run_client(cfg: ClientConfig) -> int:

@@ -22,11 +22,11 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the field."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class AdapterConfig(_Strict):
+class AdapterConfig(Strict):
     rank: int = Field(8, ge=1, le=4096)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -34,7 +34,7 @@ class AdapterConfig(_Strict):
     modules_to_save: list[str] = Field(default_factory=lambda: ["classifier"])
 
 
-class DPConfig(_Strict):
+class DPConfig(Strict):
     """DP-SGD on the clients. With ``noise_multiplier`` 0 the noise is derived so that the run's
     rounds spend exactly ``target_epsilon``; with both set, clients stop at the target."""
 
@@ -51,7 +51,7 @@ class DPConfig(_Strict):
         return self
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     epochs: int = Field(1, ge=1)
     max_steps: int = Field(30, ge=0, description="0 = run the epochs in full")
     batch_size: int = Field(32, ge=1)
@@ -62,7 +62,7 @@ class TrainingConfig(_Strict):
     dp: DPConfig = Field(default_factory=DPConfig)
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     dataset: str = Field("trec", description="'trec' (built-in) or a CSV/JSON/JSONL file path")
     text_column: str = "text"
     label_column: str = "label"
@@ -71,12 +71,12 @@ class DataConfig(_Strict):
     max_length: int = Field(48, ge=8, le=4096)
 
 
-class ClientEntry(_Strict):
+class ClientEntry(Strict):
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     token: str = ""
 
 
-class CodecConfig(_Strict):
+class CodecConfig(Strict):
     upload: list[str] = Field(default_factory=lambda: ["zstd:3"])
     download: list[str] = Field(default_factory=lambda: ["zstd:3"])
     upload_delta: bool = Field(True, description="clients send update - global where the strategy allows")
@@ -95,62 +95,7 @@ class CodecConfig(_Strict):
         return v
 
 
-class CELoRAConfig(_Strict):
-    """CE-LoRA's personalised aggregation (docs/methods.md): ``sim = lam * s_data +
-    (1 - lam) * s_param``, weights ``softmax(sim / tau)``."""
-
-    lam: float = Field(0.5, ge=0, le=1)
-    tau: float = Field(0.2, gt=0)
-    param_similarity: Literal["weights", "update"] = Field(
-        "weights", description="cosine of the flattened Cs, or of what each client changed in its C")
-    stats_noise: float = Field(0.0, ge=0, description="Gaussian noise std added to class means")
-    b_init_std: float = Field(1e-3, gt=0)
-    freeze_ab: bool = False
-
-
-class RanksConfig(_Strict):
-    """Per-client LoRA ranks for rank-varying methods, and the rule combining mixed ranks.
-
-    A client's rank is ``client_ranks[id]`` if given; else, with ``source: memory``, ``adapter.rank``
-    scaled by its memory against the best-provisioned client (a power of two); else ``cycle``
-    indexed by its partition (default: ``adapter.rank``, half, a quarter, ...).
-    """
-
-    rule: Literal["hetlora", "flexlora"] = "flexlora"
-    weighting: Literal["examples", "norm"] = Field(
-        "norm", description="HetLoRA weights: n_k, or the paper's ||s_k B_k A_k||_F")
-    client_ranks: dict[str, int] = Field(default_factory=dict)
-    cycle: list[int] = Field(default_factory=list)
-    source: Literal["spec", "memory"] = "spec"
-    min_rank: int = Field(1, ge=1)
-
-
-class SAFedLoRAConfig(_Strict):
-    """SA-FedLoRA (docs/methods.md): a proximal initiating stage, then a rank budget annealed
-    from ``adapter.rank`` per layer to ``final_rank`` per layer (totals over the adapted layers)."""
-
-    prox_mu: float = Field(0.01, ge=0)
-    initiating_rounds: int = Field(1, ge=0)
-    heating_rounds: int = Field(1, ge=0)
-    cooling_rounds: int = Field(3, ge=1)
-    final_rank: float = Field(2.0, gt=0, description="mean rank per layer at the end of cooling")
-    curve: Literal["temperature", "cubic"] = "temperature"
-    gamma: float = Field(0.7, gt=0, lt=1)
-    min_rank: int = Field(1, ge=0, description="triplets every layer keeps")
-    beta1: float = Field(0.85, ge=0, lt=1)
-    beta2: float = Field(0.85, ge=0, lt=1)
-
-
-class LegendConfig(_Strict):
-    """LEGEND's planner (docs/methods.md): LoRA depth and ranks growing towards the output."""
-
-    r_min: int = Field(2, ge=1)
-    min_depth: int = Field(1, ge=1)
-    budget: int = Field(0, ge=0, description="total rank over all clients and layers; 0 = none")
-    deadline_s: float = Field(0.0, ge=0, description="predicted round time not to exceed; 0 = none")
-
-
-class TLSConfig(_Strict):
+class TLSConfig(Strict):
     """The coordinator's TLS: its certificate and key; with ``client_ca``, mutual TLS, and a
     client must present a certificate whose common name is its client id."""
 
@@ -167,13 +112,16 @@ class TLSConfig(_Strict):
         return self
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
+    # method sections arrive as extra keys and are validated by the methods' own models
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     tls: TLSConfig = Field(default_factory=TLSConfig)
     insecure: bool = Field(False, description="serve plaintext (logged as a warning); else TLS is required")
     run_dir: Path = Path("runs/latest")
-    strategy: str = "fedavg-lora"
+    strategy: str = Field("fedavg-lora", description="the federated method (fedlora.methods)")
     model: str = Field("default", description="'default' (all-MiniLM-L6-v2) or a local HF folder")
     rounds: int = Field(5, ge=1)
     clients: int | list[ClientEntry] = Field(4, description="a count, or ids with tokens")
@@ -195,26 +143,9 @@ class ServerConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
-    ce_lora: CELoRAConfig = Field(default_factory=CELoRAConfig)
-    ranks: RanksConfig = Field(default_factory=RanksConfig)
-    sa_fedlora: SAFedLoRAConfig = Field(default_factory=SAFedLoRAConfig)
-    legend: LegendConfig = Field(default_factory=LegendConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServerConfig":
-        if self.strategy == "ce-lora" and self.training.dp.enabled:
-            raise ValueError("training.dp: DP-SGD is not supported with ce-lora (its C sits in a "
-                             "forward hook opacus cannot see)")
-        for where, ranks in (("ranks.client_ranks", list(self.ranks.client_ranks.values())),
-                             ("ranks.cycle", self.ranks.cycle)):
-            bad = [r for r in ranks if not 1 <= r <= self.adapter.rank]
-            if bad:
-                raise ValueError(f"{where}: rank {bad[0]} outside 1..adapter.rank ({self.adapter.rank})")
-        if self.legend.r_min > self.adapter.rank:
-            raise ValueError(f"legend.r_min ({self.legend.r_min}) exceeds adapter.rank ({self.adapter.rank})")
-        if self.strategy == "sa-fedlora" and self.training.dp.enabled:
-            raise ValueError("training.dp: DP-SGD is not supported with sa-fedlora (its proximal "
-                             "term and importance scores need plain gradients)")
         n = self.clients if isinstance(self.clients, int) else len(self.clients)
         if n < 1:
             raise ValueError("clients: at least one client is needed")
@@ -225,6 +156,39 @@ class ServerConfig(_Strict):
             if len(set(ids)) != len(ids):
                 raise ValueError("clients: duplicate client id")
         return self
+
+    @model_validator(mode="after")
+    def _method_sections(self) -> "ServerConfig":
+        """Each method's own config section (``sa_fedlora:``, ``ranks:``, ...) is a top-level key
+        validated by the model the method registers; the method's checks run on the whole."""
+        from fedlora import methods  # the registry imports this module: import it late
+
+        method = methods.get(self.strategy)
+        sections = methods.config_sections()
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for key in extra:
+            if key not in sections:
+                raise ValueError(f"{key}: Extra inputs are not permitted")
+        for key, model in sections.items():
+            value = extra.get(key, {})
+            if not isinstance(value, model):
+                try:
+                    value = model.model_validate(value)
+                except ValidationError as e:
+                    raise ValueError(format_validation_error(e, prefix=key)) from None
+                extra[key] = value
+            check = getattr(value, "check", None)
+            if check is not None:
+                check(self)
+        if method.no_dp and self.training.dp.enabled:
+            raise ValueError(f"training.dp: DP-SGD is not supported with {method.name} ({method.no_dp})")
+        if method.check is not None:
+            method.check(self)
+        return self
+
+    def section(self, key: str) -> Any:
+        """A method's config section by its key (also reachable as an attribute)."""
+        return getattr(self, key)
 
     def transport_error(self) -> str | None:
         """Why this config cannot serve (checked when the coordinator starts, so `fedlora run`
@@ -240,7 +204,7 @@ class ServerConfig(_Strict):
         return list(self.clients)
 
 
-class ClientConfig(_Strict):
+class ClientConfig(Strict):
     server: str = "127.0.0.1:50051"
     client_id: str = Field("client-0", pattern=r"^[A-Za-z0-9_.-]+$")
     token: str = ""
@@ -289,7 +253,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(cls: type[_Strict], path: str | Path | None, overrides: dict[str, Any]) -> Any:
+def load_config(cls: type[Strict], path: str | Path | None, overrides: dict[str, Any]) -> Any:
     """Reads ``path`` (YAML or JSON), applies dotted overrides, validates."""
     tree: dict[str, Any] = {}
     if path:
@@ -311,13 +275,14 @@ def load_config(cls: type[_Strict], path: str | Path | None, overrides: dict[str
         raise ConfigError(format_validation_error(e)) from None
 
 
-def format_validation_error(e: ValidationError) -> str:
+def format_validation_error(e: ValidationError, prefix: str = "") -> str:
+    """``field.path: message`` per error; with ``prefix``, the bare list under that key."""
     msgs = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in ([prefix] if prefix else []) + list(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         msgs.append(f"{loc}: {msg}" if loc else msg)
-    return "config error: " + "; ".join(msgs)
+    return "; ".join(msgs) if prefix else "config error: " + "; ".join(msgs)
 
 
 def dump_config(cfg: BaseModel) -> str:

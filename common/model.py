@@ -10,6 +10,7 @@ standard adapter; for full fine-tuning they are the model's parameter names.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import importlib.metadata
 import logging
 import math
@@ -20,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedlora.common.tuners import trilora
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 DEFAULT_MODEL = "default"
@@ -83,6 +83,12 @@ def adapter_spec_from_config(cfg, seed: int) -> pb.AdapterSpec:
     )
 
 
+# AdapterSpec.options: LoRA A drawn from the run seed and each tensor's name, not from torch's
+# RNG, so it can be regenerated anywhere instead of sent (frozen-A methods)
+A_INIT = "a_init"
+A_INIT_SEEDED = "seeded"
+
+
 def seeded_lora_a(seed: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     """LoRA ``A`` from the run seed and the tensor's name alone: every process, whatever its
     module order or RNG history, draws the same matrix (peft's default kaiming-uniform range,
@@ -93,20 +99,9 @@ def seeded_lora_a(seed: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     return (torch.rand(shape, generator=g, dtype=torch.float32) * 2 - 1) * bound
 
 
-def lora_a_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """A digest of every LoRA ``A`` (names and values), to check that two processes agree."""
-    h = hashlib.sha256()
-    for name in sorted(n for n in tensors if ".lora_A." in n):
-        t = tensors[name].detach().to(torch.float32).contiguous().cpu()
-        h.update(name.encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
 # Upload tensors under this prefix are reports that ride with an update (class statistics,
 # importance scores), not model state: never deltas, never aggregated as weights.
 REPORT_PREFIX = "fedlora."
-IMPORTANCE_PREFIX = REPORT_PREFIX + "importance."  # + module path: per-triplet scores
 
 _LORA = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<kind>[AB])\.weight$")
 
@@ -131,42 +126,65 @@ def select(names, patterns) -> list[str]:
     return [n for n in names if _matches(list(patterns), n)]
 
 
+class AdapterKind(ABC):
+    """An adapter built on peft's LoRA that a method adds (``AdapterSpec.kind``), looked up in
+    the method registry: it adds its own parameters after peft, initialises them, and says
+    what is saved, so the file stays a standard PEFT adapter."""
+
+    @abstractmethod
+    def attach(self, model: nn.Module, spec: pb.AdapterSpec) -> None:
+        """Adds the kind's parameters to the peft model."""
+
+    def initialise(self, params: dict[str, nn.Parameter], spec: pb.AdapterSpec) -> None:
+        """Sets initial values, after the LoRA factors have theirs."""
+
+    def saved_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The standard LoRA tensors to save for ``state``."""
+        return state
+
+
+LORA = "lora"
+NONE = "none"
+
+
 class AdaptedModel:
     """A base model with the plan's adapter applied, addressed by wire tensor names."""
 
     def __init__(self, base: nn.Module, spec: pb.AdapterSpec):
         self.spec = spec
-        if spec.kind == "none":
+        self.kind: AdapterKind | None = None
+        if spec.kind == NONE:
             self.model = base
             self.is_peft = False
-        elif spec.kind in ("lora", trilora.KIND):
-            from peft import LoraConfig, get_peft_model
+            self._params = self._map_params()
+            return
+        if spec.kind != LORA:
+            from fedlora.methods import adapter_kind  # the registry imports this module
 
-            ranks = {k: v for k, v in spec.ranks.items()}
-            targets: list[str] | str = list(spec.target_modules)
-            if ranks:
-                targets = [k for k, v in ranks.items() if v > 0]
-            config = LoraConfig(
-                r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                target_modules=targets, modules_to_save=list(spec.modules_to_save) or None,
-                rank_pattern={re.escape(k): v for k, v in ranks.items() if v > 0},
-                alpha_pattern={}, task_type="SEQ_CLS",
-            )
-            torch.manual_seed(spec.init_seed)
-            self.model = get_peft_model(base, config)
-            self.is_peft = True
-            if spec.kind == trilora.KIND:
-                trilora.attach_c(self.model)
-            if spec.options.get("a_init") == "seeded":
-                self._params = self._map_params()
-                self.load_state({n: seeded_lora_a(spec.init_seed, n, tuple(p.shape))
-                                 for n, p in self._params.items() if ".lora_A." in n})
-            if spec.kind == trilora.KIND:
-                trilora.init_b(self._map_params(), spec.init_seed,
-                               trilora.TriLoraConfig.from_options(spec.options).b_init_std)
-        else:
-            raise ValueError(f"adapter kind {spec.kind!r} is not supported by this version")
+            self.kind = adapter_kind(spec.kind)
+        from peft import LoraConfig, get_peft_model
+
+        ranks = {k: v for k, v in spec.ranks.items()}
+        targets: list[str] | str = list(spec.target_modules)
+        if ranks:
+            targets = [k for k, v in ranks.items() if v > 0]
+        config = LoraConfig(
+            r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+            target_modules=targets, modules_to_save=list(spec.modules_to_save) or None,
+            rank_pattern={re.escape(k): v for k, v in ranks.items() if v > 0},
+            alpha_pattern={}, task_type="SEQ_CLS",
+        )
+        torch.manual_seed(spec.init_seed)
+        self.model = get_peft_model(base, config)
+        self.is_peft = True
+        if self.kind is not None:
+            self.kind.attach(self.model, spec)
         self._params = self._map_params()
+        if spec.options.get(A_INIT) == A_INIT_SEEDED:
+            self.load_state({n: seeded_lora_a(spec.init_seed, n, tuple(p.shape))
+                             for n, p in self._params.items() if ".lora_A." in n})
+        if self.kind is not None:
+            self.kind.initialise(self._params, spec)
 
     def _map_params(self) -> dict[str, nn.Parameter]:
         if not self.is_peft:
@@ -220,15 +238,14 @@ class AdaptedModel:
         return self
 
     def save(self, folder: Path) -> None:
-        """A standard PEFT adapter folder (or a full HF model folder for kind ``none``); a
-        tri-matrix adapter is saved as plain LoRA with C folded into A."""
+        """A standard PEFT adapter folder (or a full HF model folder for kind ``none``); an
+        adapter kind's own parameters are folded into plain LoRA tensors first."""
         folder.mkdir(parents=True, exist_ok=True)
-        if self.spec.kind != trilora.KIND:
+        if self.kind is None:
             self.model.save_pretrained(str(folder), safe_serialization=True)
             return
         from safetensors.torch import save_file
 
         self.model.peft_config["default"].save_pretrained(str(folder))
-        merged = trilora.merged_lora_state(self.state())
-        save_file({k: v.contiguous() for k, v in merged.items()}, str(folder / "adapter_model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file({k: v.contiguous() for k, v in self.kind.saved_state(self.state()).items()},
+                  str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+from fedlora import methods
 from fedlora.common.config import ClientConfig, ConfigError, ServerConfig, load_config, parse_override
 
 # flag -> config field, for the server side (shared by `server` and `run`)
@@ -19,8 +20,7 @@ SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "address to bind"),
     ("--port", "port", int, "port to bind (0 = any free port)"),
     ("--run-dir", "run_dir", str, "run folder for metrics, logs, summary and the adapter"),
-    ("--strategy", "strategy", str, "federated method: fedavg-lora, fedavg, ffa-lora, ce-lora, hetlora, "
-     "flexlora, sa-fedlora, legend"),
+    ("--strategy", "strategy", str, "federated method: " + ", ".join(methods.names())),
     ("--model", "model", str, "'default' or a local Hugging Face model folder"),
     ("--rounds", "rounds", int, "number of rounds"),
     ("--min-clients", "min_clients", int, "fewest updates that make a round"),

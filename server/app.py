@@ -16,6 +16,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fedlora import methods
 from fedlora.common.channel import grpc_options
 from fedlora.common.config import ConfigError, ServerConfig, dump_config
 from fedlora.common.data import TREC, FederatedSplit, load_dataset
@@ -27,7 +28,6 @@ from fedlora.server.engine import Engine
 from fedlora.server.runlog import RunLog, read_records, summarize
 from fedlora.server.service import CoordinatorService
 from fedlora.common.tls import server_credentials
-from fedlora.server.strategies import strategy_class
 
 log = logging.getLogger("fedlora.server")
 
@@ -35,10 +35,7 @@ SERVICE_NAME = "fedlora.v1.Coordinator"
 
 
 def serve(cfg: ServerConfig) -> int:
-    try:
-        cls = strategy_class(cfg.strategy)
-    except ValueError as e:
-        raise ConfigError(f"config error: {e}") from None
+    cls = methods.get(cfg.strategy).strategy  # the name was checked when the config loaded
     if (why := cfg.transport_error()) is not None:
         raise ConfigError(f"config error: {why}")
     credentials = (server_credentials(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
@@ -120,7 +117,7 @@ def serve(cfg: ServerConfig) -> int:
                       str(cfg.run_dir / "personal" / f"{cid}.safetensors"))
     if engine.completed > 0 and strategy.server_evaluates:
         adapter_dir = cfg.run_dir / "adapter"
-        model.save(adapter_dir)
+        strategy.save_adapter(adapter_dir)
         tokenizer.save_pretrained(str(adapter_dir))
         (adapter_dir / "fedlora.json").write_text(json.dumps(
             {"base_model": str(resolve_model_path(cfg.model)), "label_names": dataset.label_names,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -78,6 +79,10 @@ class Strategy(ABC):
 
     def global_state(self) -> dict[str, torch.Tensor]:
         return self.model.state()
+
+    def save_adapter(self, folder: Path) -> None:
+        """Writes the final global model as a standard PEFT adapter (or HF model) folder."""
+        self.model.save(folder)
 
     def personal_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per-client tensors the coordinator holds at the end (personalised methods)."""

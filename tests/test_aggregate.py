@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedlora.server.aggregate import WeightedSum
+from fedlora.methods.rules import WeightedSum
 
 
 def test_weighted_sum_equals_direct_formula():

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fedlora.client.importance import ImportanceEMA
-from fedlora.server.budget import BudgetSchedule, keep_top, prune
+from fedlora.methods.sa_fedlora.budget import BudgetSchedule, keep_top, prune
+from fedlora.methods.sa_fedlora.importance import ImportanceEMA
 
 SCHEDULES = [
     BudgetSchedule(b0=64, b_final=8, heating_rounds=3, cooling_rounds=10, curve="temperature"),

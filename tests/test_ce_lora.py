@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedlora.common.wire.blob import unpack
-from fedlora.server.strategies.ce_lora import STATS_COUNT, STATS_MEAN, data_similarity, personal_weights
+from fedlora.methods.ce_lora.stats import STATS_COUNT, STATS_MEAN
+from fedlora.methods.ce_lora.strategy import data_similarity, personal_weights
 from procs import finish, records, start_client, start_server, tail
 
 CLIENTS = ["client-0", "client-1", "client-2"]

@@ -73,7 +73,5 @@ def test_sa_fedlora_with_dp_is_refused():
 
 
 def test_unknown_strategy_names_the_known_ones():
-    from fedlora.server.strategies import strategy_class
-
-    with pytest.raises(ValueError, match=r"strategy: unknown 'fedsgd' \(known: .*legend.*sa-fedlora"):
-        strategy_class("fedsgd")
+    with pytest.raises(ConfigError, match=r"strategy: unknown 'fedsgd' \(known: .*legend.*sa-fedlora"):
+        load_config(ServerConfig, None, {"strategy": "fedsgd"})

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from fedlora.common.wire.blob import unpack
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
+from fedlora.methods.ffa_lora.digest import PROFILE_KEY
 from procs import finish, records, start_client, start_server, tail
 
 HONEST = ["client-0", "client-1", "client-2"]
@@ -33,7 +34,7 @@ def ffa_run(tmp_path_factory, tiny_model):
     stub = pbg.CoordinatorStub(channel)
     reply = stub.Join(pb.JoinRequest(client_id="mallory"), timeout=60, wait_for_ready=True)
     profile = pb.DeviceProfile(num_examples=10)
-    profile.extra["lora_a_digest"] = "0" * 64
+    profile.extra[PROFILE_KEY] = "0" * 64
     try:
         stub.Report(pb.ReportRequest(session_id=reply.session_id, profile=profile), timeout=30)
         refusal = (grpc.StatusCode.OK, "")

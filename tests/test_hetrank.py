@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedlora.common.model import lora_pairs
-from fedlora.server.hetrank import HetLoRASum, ProductSum, redistribute, scaling, truncate
+from fedlora.methods.rules import HetLoRASum, ProductSum, redistribute, scaling, truncate
 
 ALPHA, R_MAX, D_IN, D_OUT = 16.0, 8, 12, 10
 

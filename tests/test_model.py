@@ -71,12 +71,10 @@ def test_tri_matrix_adapter_saves_as_plain_lora_with_the_same_outputs(tiny_model
     from peft import PeftModel
 
     from fedlora.common.model import load_tokenizer
-    from fedlora.common.tuners import trilora
+    from fedlora.methods.ce_lora import tuner
 
     spec = adapter_spec_from_config(AdapterConfig(rank=4), 0)
-    spec.kind = trilora.KIND
-    for k, v in trilora.TriLoraConfig(b_init_std=0.5).to_options().items():
-        spec.options[k] = v
+    tuner.write_options(spec, b_init_std=0.5)
     am = AdaptedModel(load_base(str(tiny_model), 6, 0), spec)
     c_names = [n for n in am.names() if n.endswith(".lora_C")]
     assert len(c_names) == 4 and all(am.shapes()[n][0] == (4, 4) for n in c_names)

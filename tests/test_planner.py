@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from fedlora.server.planner import Device, lora_bytes, plan, predict_seconds, rank_ramp, uniform
+from fedlora.methods.legend.planner import Device, lora_bytes, plan, predict_seconds, rank_ramp, uniform
 
 L = 6
 # A MiniLM-sized block: query and value projections adapted, 384 -> 384 each.

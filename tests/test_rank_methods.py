@@ -10,8 +10,9 @@ import pytest
 from safetensors.torch import load_file
 
 from fedlora.common.wire.blob import unpack
-from fedlora.common.model import IMPORTANCE_PREFIX, lora_pairs
-from fedlora.server.strategies.ranked import layer_order
+from fedlora.common.model import lora_pairs
+from fedlora.methods.ranked import layer_order
+from fedlora.methods.sa_fedlora.importance import IMPORTANCE_PREFIX
 from procs import finish, records, start_client, start_server, tail
 
 CLIENTS = ["client-0", "client-1", "client-2"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedlora.client.profiling import measure_block_seconds, transformer_blocks
+from fedlora.methods.legend.profiling import measure_block_seconds, transformer_blocks
 from fedlora.client.trainer import train_local
 from fedlora.common.config import AdapterConfig
 from fedlora.common.data import Dataset

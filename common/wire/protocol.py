@@ -8,3 +8,6 @@ MAX_CHUNK_BYTES = 3 << 20               # keeps every gRPC message under the 4 M
 MIN_CHUNK_BYTES = 1 << 10
 HEADER_SLACK = 64 << 10                 # safetensors header + codec metadata allowance on an upload
 PROBE_MAX_BYTES = 256 << 20             # largest link probe either way
+# Plan.report: the client measures the round's model on the run's test split and reports it
+# (methods whose global model lives on the clients)
+REPORT_TEST_ACCURACY = "test_accuracy"

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from fedlora.common.config import ServerConfig
-from fedlora.common.model import lora_a_digest
+from fedlora.common.model import A_INIT, A_INIT_SEEDED
+from fedlora.methods.ffa_lora.digest import PROFILE_KEY, lora_a_digest
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.aggregate import WeightedSum
+from fedlora.methods.fedavg_lora.strategy import FedAvgLoRA
+from fedlora.methods.rules import WeightedSum
 from fedlora.server.strategy import ClientInfo, Instruction
-from fedlora.server.strategies.fedavg import FedAvgLoRA
 
 FROZEN = r"\.lora_A\."
 SHIPPED = r"^(?!.*\.lora_A\.)"  # everything but A: B and the modules to save
@@ -27,11 +28,11 @@ class FFALoRA(FedAvgLoRA):
     @classmethod
     def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
         spec = super().adapter_spec(cfg)
-        spec.options["a_init"] = "seeded"
+        spec.options[A_INIT] = A_INIT_SEEDED
         return spec
 
     def admit(self, client: ClientInfo) -> str | None:
-        theirs = client.profile.extra.get("lora_a_digest", "")
+        theirs = client.profile.extra.get(PROFILE_KEY, "")
         ours = lora_a_digest(self.model.state())
         if theirs != ours:
             return (f"its frozen LoRA A (digest {theirs[:12] or 'missing'}) differs from the "

@@ -24,13 +24,14 @@ import torch
 
 from fedlora.common.config import ServerConfig
 from fedlora.common.model import adapter_spec_from_config
-from fedlora.common.tuners import trilora
+from fedlora.methods.ce_lora import tuner
+from fedlora.methods.ce_lora.config import StatsOptions
+from fedlora.methods.ce_lora.stats import STATS_COUNT, STATS_MEAN
 from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.common.wire.protocol import REPORT_TEST_ACCURACY
 from fedlora.server.strategy import ClientInfo, Instruction, Strategy
 
 C_NAME = r"\.lora_C$"
-STATS_MEAN = "fedlora.stats.class_mean"
-STATS_COUNT = "fedlora.stats.class_count"
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -89,10 +90,7 @@ class CELoRA(Strategy):
     @classmethod
     def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
         spec = adapter_spec_from_config(cfg.adapter, cfg.seed)
-        spec.kind = trilora.KIND
-        tri = trilora.TriLoraConfig(b_init_std=cfg.ce_lora.b_init_std, freeze_ab=cfg.ce_lora.freeze_ab)
-        for k, v in tri.to_options().items():
-            spec.options[k] = v
+        tuner.write_options(spec, cfg.ce_lora.b_init_std)
         return spec
 
     def __init__(self, cfg, model):
@@ -119,8 +117,8 @@ class CELoRA(Strategy):
                 plan.freeze.extend([r"\.lora_A\.", r"\.lora_B\."])
             plan.keep_local.extend([r"\.lora_A\.", r"\.lora_B\.", r"\.classifier\."])
             plan.upload.append(C_NAME)
-            plan.report.extend(["class_stats", "test_accuracy"])
-            plan.options["stats_noise"] = repr(self.cfg.ce_lora.stats_noise)
+            plan.report.append(REPORT_TEST_ACCURACY)
+            StatsOptions(stats_noise=self.cfg.ce_lora.stats_noise).write(plan.options)
             out[c.id] = Instruction(plan, self.personal.get(c.id, self._initial_c), expected)
         self._round = {}
         return out

@@ -6,7 +6,7 @@ Annealing (AdaLoRA's mechanics lifted to rounds, our reading, docs/methods.md): 
 starts at ``adapter.rank``; clients report each LoRA triplet's importance with their update;
 after aggregating (same ranks everywhere, so a plain n_k-weighted average of the factors) the
 coordinator sums the importances (n_k-weighted), keeps the top triplets of the next round's
-budget (server/budget.py), drops the rest and re-factorises each layer by SVD, so the triplets
+budget (budget.py), drops the rest and re-factorises each layer by SVD, so the triplets
 of the next round are singular triplets ``P diag(lambda) Q`` with lambda folded into B. The
 next plans carry the per-layer ranks that survived: pruned ranks vanish from the wire.
 """
@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedlora.common.model import IMPORTANCE_PREFIX
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.budget import BudgetSchedule, keep_top, prune
-from fedlora.server.hetrank import redistribute, scaling, truncate
+from fedlora.methods.sa_fedlora.budget import BudgetSchedule, keep_top, prune
+from fedlora.methods.sa_fedlora.config import ImportanceOptions
+from fedlora.methods.sa_fedlora.importance import IMPORTANCE_PREFIX
+from fedlora.methods.rules import redistribute, scaling, truncate
 from fedlora.server.strategy import ClientInfo, TensorSpec
-from fedlora.server.strategies.ranked import RankedLoRA, Ranks, rank_summary
+from fedlora.methods.ranked import RankedLoRA, Ranks, rank_summary
 
 
 class SAFedLoRA(RankedLoRA):
@@ -50,8 +51,7 @@ class SAFedLoRA(RankedLoRA):
         sa = self.cfg.sa_fedlora
         if rnd <= sa.initiating_rounds and sa.prox_mu > 0:
             plan.training.regularisation["prox_mu"] = sa.prox_mu
-        plan.report.append("importance")
-        plan.options["beta1"], plan.options["beta2"] = repr(sa.beta1), repr(sa.beta2)
+        ImportanceOptions(beta1=sa.beta1, beta2=sa.beta2).write(plan.options)
         for path, r in ranks.items():
             expected[IMPORTANCE_PREFIX + path] = ((r,), torch.float32)
 

@@ -18,18 +18,44 @@ from __future__ import annotations
 import math
 import re
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from fedlora.common.config import ServerConfig
-from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.aggregate import WeightedSum
+from pydantic import Field
+
+from fedlora.common.config import ServerConfig, Strict
 from fedlora.common.model import adapter_spec_from_config, lora_pairs
-from fedlora.server.hetrank import HetLoRASum, ProductSum, redistribute, scaling, truncate
+from fedlora.methods.rules import HetLoRASum, ProductSum, WeightedSum, redistribute, scaling, truncate
+from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.strategy import ClientInfo, Instruction, Strategy, TensorSpec
 
 Ranks = dict[str, int]
+
+
+class RanksConfig(Strict):
+    """Per-client LoRA ranks for rank-varying methods, and the rule combining mixed ranks.
+
+    A client's rank is ``client_ranks[id]`` if given; else, with ``source: memory``, ``adapter.rank``
+    scaled by its memory against the best-provisioned client (a power of two); else ``cycle``
+    indexed by its partition (default: ``adapter.rank``, half, a quarter, ...).
+    """
+
+    rule: Literal["hetlora", "flexlora"] = "flexlora"
+    weighting: Literal["examples", "norm"] = Field(
+        "norm", description="HetLoRA weights: n_k, or the paper's ||s_k B_k A_k||_F")
+    client_ranks: dict[str, int] = Field(default_factory=dict)
+    cycle: list[int] = Field(default_factory=list)
+    source: Literal["spec", "memory"] = "spec"
+    min_rank: int = Field(1, ge=1)
+
+    def check(self, cfg: Any) -> None:
+        for where, ranks in (("ranks.client_ranks", list(self.client_ranks.values())),
+                             ("ranks.cycle", self.cycle)):
+            bad = [r for r in ranks if not 1 <= r <= cfg.adapter.rank]
+            if bad:
+                raise ValueError(f"{where}: rank {bad[0]} outside 1..adapter.rank ({cfg.adapter.rank})")
+
 
 
 class RankedLoRA(Strategy):
@@ -175,3 +201,38 @@ def rank_from_memory(memory: int, top: int, r_min: int, r_max: int) -> int:
         return r_max
     r = r_max * memory / top
     return max(r_min, min(r_max, 2 ** int(math.floor(math.log2(max(r, 1))))))
+
+
+class FixedRanks(RankedLoRA):
+    """Each client at one rank of its own for the whole run, on every layer: from
+    ``ranks.client_ranks`` (by id), from device memory (``ranks.source: memory``) or from
+    ``ranks.cycle`` indexed by the client's partition (HetLoRA's and FlexLoRA's setting)."""
+
+    rule_name: ClassVar[str]
+
+    def __init__(self, cfg, model):
+        super().__init__(cfg, model, rule=self.rule_name)
+
+    def client_rank(self, client: ClientInfo, clients: list[ClientInfo]) -> int:
+        rc = self.cfg.ranks
+        if client.id in rc.client_ranks:
+            return rc.client_ranks[client.id]
+        if rc.source == "memory":
+            top = max(c.profile.memory_bytes for c in clients)
+            return rank_from_memory(client.profile.memory_bytes, top, rc.min_rank, self.r_max)
+        cycle = rc.cycle or _halving(self.r_max, rc.min_rank)
+        return cycle[max(client.partition, 0) % len(cycle)]
+
+    def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
+        return {c.id: dict.fromkeys(self.pairs, self.client_rank(c, clients)) for c in clients}
+
+
+def _halving(r_max: int, r_min: int) -> list[int]:
+    """r_max, r_max/2, r_max/4, ... down to r_min."""
+    out, r = [], r_max
+    while r >= r_min:
+        out.append(r)
+        if r == r_min:
+            break
+        r = max(r_min, r // 2)
+    return out

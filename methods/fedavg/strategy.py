@@ -1,9 +1,6 @@
-"""FedAvg over whatever the plan trains: LoRA factors (FedIT) or every weight (full FedAvg).
-
-FedAvg-LoRA averages A and B separately with weights n_k, as FedIT does; this is inexact
-(avg(B) avg(A) != avg(BA)) and is the baseline the other LoRA methods improve on. Full
-FedAvg ships every trainable weight both ways: the communication yardstick.
-"""
+"""FedAvg over whatever the plan trains. As a method of its own (``fedavg``): full fine-tuning,
+no adapter, every parameter trained, sent both ways and averaged with weights n_k: the
+communication yardstick the LoRA methods are measured against."""
 
 from __future__ import annotations
 
@@ -12,18 +9,17 @@ from typing import ClassVar
 import torch
 
 from fedlora.common.config import ServerConfig
-from fedlora.common.model import adapter_spec_from_config
+from fedlora.methods.rules import WeightedSum
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.aggregate import WeightedSum
 from fedlora.server.strategy import ClientInfo, Instruction, Strategy
 
 
-class FedAvgLoRA(Strategy):
-    name: ClassVar[str] = "fedavg-lora"
+class FedAvg(Strategy):
+    name: ClassVar[str] = "fedavg"
 
     @classmethod
     def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
-        return adapter_spec_from_config(cfg.adapter, cfg.seed)
+        return pb.AdapterSpec(kind="none", init_seed=cfg.seed)
 
     def __init__(self, cfg, model):
         super().__init__(cfg, model)
@@ -55,13 +51,3 @@ class FedAvgLoRA(Strategy):
 
     def discard(self, rnd: int) -> None:
         self._sum = None
-
-
-class FedAvgFull(FedAvgLoRA):
-    """Full fine-tuning: no adapter, every parameter trained, sent and averaged."""
-
-    name: ClassVar[str] = "fedavg"
-
-    @classmethod
-    def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
-        return pb.AdapterSpec(kind="none", init_seed=cfg.seed)

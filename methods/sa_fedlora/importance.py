@@ -3,16 +3,16 @@
 AdaLoRA's ``P diag(lambda) Q`` is represented by plain LoRA factors (A, B) with lambda folded
 into B (the coordinator re-factorises by SVD each round, so the triplets are singular
 triplets), so the triplet score has no separate lambda term. The coordinator sums the
-clients' scores and keeps the top of the round's budget (fedlora.server.budget).
+clients' scores and keeps the top of the round's budget (:mod:`.budget`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from fedlora.common.model import IMPORTANCE_PREFIX
+from fedlora.common.model import REPORT_PREFIX
 
-__all__ = ["IMPORTANCE_PREFIX", "ImportanceEMA"]
+IMPORTANCE_PREFIX = REPORT_PREFIX + "importance."  # + module path: per-triplet scores
 
 
 class ImportanceEMA:

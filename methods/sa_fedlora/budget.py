@@ -11,7 +11,7 @@ AdaLoRA's budget mechanics lifted from optimiser steps to federated rounds.
 - ``BudgetSchedule``: b0 for the heating rounds, then a cooling curve down to b_final
   (a temperature ``T_k = gamma**k`` mapped linearly onto [b_final, b0], or AdaLoRA's cubic
   curve), then b_final for good.
-- ``fedlora.client.importance.ImportanceEMA`` (client side) scores each triplet.
+- ``importance.ImportanceEMA`` (client side) scores each triplet.
 - ``keep_top`` (coordinator side): given the p_k-weighted sum of the clients' scores, keep
   the round's budget of triplets, highest first, with a per-layer floor.
 - ``prune``: cut a layer's factors down to the kept triplets.

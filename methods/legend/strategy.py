@@ -1,7 +1,7 @@
 """LEGEND (arXiv 2412.20004): per-device LoRA depth and a rank distribution growing towards
 the output, chosen from each device's measured profile so predicted round times even out.
 
-Every round the planner (server/planner.py) reads each sampled client's latest profile:
+Every round the planner (planner.py) reads each sampled client's latest profile:
 per-block forward/backward seconds (measured at join, rescaled every round by how the
 round's steps really went), upload and download rates (the join probe, then the round's real
 transfers) and the plan's local steps, and assigns a depth and per-block ranks. Layers are
@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 from fedlora.common.training import steps_per_round
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.planner import Assignment, BlockShape, Device, plan, uniform
+from fedlora.methods.legend.planner import Assignment, BlockShape, Device, plan, uniform
 from fedlora.server.strategy import ClientInfo, TensorSpec
-from fedlora.server.strategies.ranked import RankedLoRA, Ranks
+from fedlora.methods.ranked import RankedLoRA, Ranks
 
 _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
@@ -74,7 +74,6 @@ class Legend(RankedLoRA):
 
     def extend_plan(self, rnd: int, client: ClientInfo, ranks: Ranks, plan_: pb.Plan,
                     expected: dict[str, TensorSpec]) -> None:
-        plan_.report.append("profile")  # refreshed profile with every report: the planner's input
         a = self.assignments[client.id]
         plan_.options["legend_depth"] = str(a.depth)
         plan_.options["legend_predicted_seconds"] = f"{a.predicted_seconds:.3f}"

@@ -10,29 +10,14 @@ PEFT LoRA adapter with ``A' = C A`` (:func:`merged_lora_state`), which
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from fedlora.common.model import A_INIT, A_INIT_SEEDED, AdapterKind
+from fedlora.methods.ce_lora.config import TriLoraOptions
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
 KIND = "tri-lora"
-
-
-@dataclass(frozen=True)
-class TriLoraConfig:
-    """Kind options for ``tri-lora`` (``AdapterSpec.options``)."""
-
-    b_init_std: float = 1e-3   # B small and non-zero: with B = 0 the gradient of C is zero
-    freeze_ab: bool = False     # A and B frozen (only C trained): C averaging is then exact
-
-    @classmethod
-    def from_options(cls, options) -> "TriLoraConfig":
-        return cls(b_init_std=float(options.get("b_init_std", cls.b_init_std)),
-                   freeze_ab=str(options.get("freeze_ab", "false")).lower() == "true")
-
-    def to_options(self) -> dict[str, str]:
-        return {"b_init_std": repr(self.b_init_std), "freeze_ab": str(self.freeze_ab).lower(),
-                "a_init": "seeded"}
 
 
 def _seeded_normal(seed: int, name: str, shape: tuple[int, ...], std: float) -> torch.Tensor:
@@ -83,3 +68,23 @@ def merged_lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
                 t = (c.to(torch.float64) @ t.to(torch.float64)).to(t.dtype)
         out[name] = t
     return out
+
+
+class TriLora(AdapterKind):
+    """The ``tri-lora`` adapter kind: peft's LoRA plus C, saved as plain LoRA."""
+
+    def attach(self, model: nn.Module, spec: pb.AdapterSpec) -> None:
+        attach_c(model)
+
+    def initialise(self, params: dict[str, nn.Parameter], spec: pb.AdapterSpec) -> None:
+        init_b(params, spec.init_seed, TriLoraOptions.read(spec.options).b_init_std)
+
+    def saved_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return merged_lora_state(state)
+
+
+def write_options(spec: pb.AdapterSpec, b_init_std: float) -> None:
+    """A and B both seeded (every client starts from the same, non-zero factors)."""
+    spec.kind = KIND
+    spec.options[A_INIT] = A_INIT_SEEDED
+    TriLoraOptions(b_init_std=b_init_std).write(spec.options)

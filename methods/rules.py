@@ -1,4 +1,8 @@
-"""Aggregation rules for LoRA adapters whose ranks differ between clients (or between layers).
+"""The aggregation rules methods share: FedAvg's streaming weighted sum, and the rules for LoRA
+adapters whose ranks differ between clients (or between layers).
+
+Every rule is streaming: each accepted update is folded in as it arrives and dropped, so the
+coordinator holds O(adapter) memory however many clients report (``WeightedSum`` in float64).
 
 A client k's layer computes ``W0 x + s_k B_k A_k x`` with ``s_k = alpha / r_k`` (peft's
 scaling). Public HetLoRA code pads and averages the raw factors although each client scales
@@ -24,7 +28,7 @@ from typing import Literal
 import torch
 
 Weighting = Literal["examples", "norm"]
-__all__ = ["HetLoRASum", "ProductSum", "redistribute", "scaling", "truncate"]
+__all__ = ["HetLoRASum", "ProductSum", "WeightedSum", "redistribute", "scaling", "truncate"]
 
 
 def scaling(alpha: float, rank: int) -> float:
@@ -105,3 +109,35 @@ class ProductSum:
 
     def result(self) -> torch.Tensor | None:
         return None if self._sum is None or self._w <= 0 else self._sum / self._w
+
+
+class WeightedSum:
+    """``sum_k w_k T_k`` and ``sum_k w_k`` per tensor name, accumulated in float64."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._weights: dict[str, float] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self.count = 0
+
+    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+        if not weight > 0:
+            raise ValueError(f"aggregation weight must be positive, got {weight}")
+        for name, t in tensors.items():
+            acc = self._sums.get(name)
+            contrib = t.detach().to(torch.float64) * weight
+            if acc is None:
+                self._sums[name] = contrib
+                self._weights[name] = weight
+                self._dtypes[name] = t.dtype
+            else:
+                acc.add_(contrib)
+                self._weights[name] += weight
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        """The weighted mean per name, over the updates that carried that name."""
+        return {n: (s / self._weights[n]).to(self._dtypes[n]) for n, s in self._sums.items()}
