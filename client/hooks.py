@@ -3,7 +3,7 @@
 In the spirit of Flower's client mods: the loop (join, download, train, upload, report) is the
 same for every method, and a method that needs more than the plan's data fields says so by
 overriding a hook, never by a branch in the loop. The default hooks do nothing, so a method
-with nothing to add on the client (FedAvg) has no client half at all.
+with nothing to add on the client has no client half at all.
 
 The points, in the order a client meets them:
 - :meth:`ClientHooks.on_join`: add extras to the device profile sent at join (a digest of a
@@ -11,7 +11,7 @@ The points, in the order a client meets them:
 - :meth:`ClientHooks.on_global_state`: see the round's global tensors before they are loaded
   into the model, and take out what is not model state (tensors to merge into the base).
 - :meth:`ClientHooks.before_training`: return a callback run after every backward pass,
-  before the optimiser step (importance scores read the gradients there).
+  before the optimiser step (scores that read the gradients).
 - :meth:`ClientHooks.upload_extras`: tensors that ride with the update (statistics, scores);
   their names start with :data:`fedlora.common.model.REPORT_PREFIX`.
 - :meth:`ClientHooks.round_profile`: a refreshed device profile sent with the round's report.

@@ -59,7 +59,7 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
 
     ``regularisation["prox_mu"]`` adds FedProx's ``mu/2 ||theta - theta_start||^2`` (its
     gradient, after backward); ``after_backward`` sees the gradients of every step before the
-    optimizer does (importance scores). With ``ctx`` (torchrun), every rank runs the same
+    optimizer does (e.g. gradient-based scores). With ``ctx`` (torchrun), every rank runs the same
     global batches, takes its rows of each, and DDP averages the gradients: the loss is scaled so
     that average is the whole batch's mean gradient, whatever the split."""
     model = am.model

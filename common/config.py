@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedlora import methods
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 
@@ -121,7 +122,7 @@ class ServerConfig(Strict):
     tls: TLSConfig = Field(default_factory=TLSConfig)
     insecure: bool = Field(False, description="serve plaintext (logged as a warning); else TLS is required")
     run_dir: Path = Path("runs/latest")
-    strategy: str = Field("fedavg-lora", description="the federated method (fedlora.methods)")
+    strategy: str = Field(methods.DEFAULT, description="the federated method (fedlora.methods)")
     model: str = Field("default", description="'default' (all-MiniLM-L6-v2) or a local HF folder")
     rounds: int = Field(5, ge=1)
     clients: int | list[ClientEntry] = Field(4, description="a count, or ids with tokens")
@@ -159,10 +160,9 @@ class ServerConfig(Strict):
 
     @model_validator(mode="after")
     def _method_sections(self) -> "ServerConfig":
-        """Each method's own config section (``sa_fedlora:``, ``ranks:``, ...) is a top-level key
-        validated by the model the method registers; the method's checks run on the whole."""
-        from fedlora import methods  # the registry imports this module: import it late
-
+        """Each method's own config section is a top-level key of the file, validated by the
+        model the method registers (imported on first use: the method packages import this
+        module); the method's checks run on the whole."""
         method = methods.get(self.strategy)
         sections = methods.config_sections()
         extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}

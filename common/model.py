@@ -100,7 +100,7 @@ def seeded_lora_a(seed: int, name: str, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # Upload tensors under this prefix are reports that ride with an update (class statistics,
-# importance scores), not model state: never deltas, never aggregated as weights.
+# per-parameter scores), not model state: never deltas, never aggregated as weights.
 REPORT_PREFIX = "fedlora."
 
 _LORA = re.compile(r"^(?:base_model\.model\.)?(?P<path>.+)\.lora_(?P<kind>[AB])\.weight$")

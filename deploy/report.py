@@ -1,5 +1,5 @@
 """``fedlora report RUN_DIR``: bytes per client and direction at every level, wire vs payload;
-for runs whose strategy plans round times (LEGEND), predicted beside measured seconds."""
+for runs whose strategy plans round times, predicted beside measured seconds."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from fedlora.common.model import AdapterKind
 
+DEFAULT = "fedavg-lora"  # the strategy when the config names none: the baseline
 PACKAGES = ("fedavg_lora", "fedavg", "ffa_lora", "ce_lora", "hetlora", "flexlora", "sa_fedlora",
             "legend", "flora")
 
@@ -70,4 +71,4 @@ def adapter_kind(kind: str) -> "AdapterKind":
     raise ValueError(f"adapter kind {kind!r} is not supported by this version")
 
 
-__all__ = ["Method", "PACKAGES", "PlanOptions", "adapter_kind", "config_sections", "get", "methods", "names"]
+__all__ = ["DEFAULT", "Method", "PACKAGES", "PlanOptions", "adapter_kind", "config_sections", "get", "methods", "names"]

@@ -10,7 +10,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"server": "server", "client": "client", "common": "common", "proto": "proto", "deploy": "deploy"}
+FOLDERS = {"server": "server", "client": "client", "common": "common", "proto": "proto", "deploy": "deploy",
+           "methods": "methods"}
 
 
 def test_wheel_contains_every_module_and_nothing_outside_fedlora(tmp_path):
