@@ -1,25 +1,23 @@
 """The round engine: sampling, deadlines, streaming aggregation, refusals, records.
 
 It knows nothing of any federated method: a :class:`Strategy` plans and aggregates, the engine
-moves bytes, enforces the plan, and keeps the books. Rounds are opened by :mod:`.rounds`,
-updates checked by :mod:`.updates`, records written by :mod:`.records`. All state lives behind
-one condition variable; gRPC handler threads call in, the main thread runs :meth:`Engine.run`.
+moves bytes, enforces the plan, and keeps the books. Sessions live in :mod:`.sessions`, rounds
+are opened by :mod:`.rounds`, updates checked by :mod:`.updates`, records written by
+:mod:`.records`. All state lives behind one condition variable, shared with the sessions;
+gRPC handler threads call in, the main thread runs :meth:`Engine.run`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import logging
 import math
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from fedlora.common.config import ClientEntry, ServerConfig
+from fedlora.common.config import ServerConfig
 from fedlora.common.errors import Refused, Status
 from fedlora.common.evaluate import Score
 from fedlora.common.wire.blob import Blob
@@ -30,23 +28,11 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server import records
 from fedlora.server.rounds import Round, plan_round, require_open
 from fedlora.server.runlog import RunLog
+from fedlora.server.sessions import Sessions
 from fedlora.server.strategy import ClientInfo, Strategy
 from fedlora.server.updates import check_declared, check_update, read_blob
 
 log = logging.getLogger("fedlora.server")
-
-
-@dataclass
-class ClientState:
-    entry: ClientEntry
-    partition: int
-    session: str = ""
-    profile: pb.DeviceProfile | None = None
-    joined_at: float = 0.0
-
-    def info(self) -> ClientInfo:
-        p = self.profile or pb.DeviceProfile()
-        return ClientInfo(self.entry.id, self.partition, int(p.num_examples), p)
 
 
 class Engine:
@@ -57,9 +43,8 @@ class Engine:
         self.spec = spec
         self.log = runlog
         self.evaluate_fn = evaluate_fn  # the strategy's global model on the test split
-        self.cond = threading.Condition()
-        self.clients = {e.id: ClientState(e, i) for i, e in enumerate(cfg.client_entries())}
-        self.sessions: dict[str, str] = {}  # session -> client id
+        self.cond = threading.Condition()  # re-entrant: the sessions take it too
+        self.sessions = Sessions(cfg.client_entries(), spec, runlog, self.cond)
         self.current: Round | None = None
         self.completed = 0
         self.done = False
@@ -69,65 +54,32 @@ class Engine:
         self.turned_away: set[str] = set()
 
     # ----------------------------------------------------------------- client-facing calls
-    def join(self, client_id: str, token: str, profile: pb.DeviceProfile) -> pb.JoinReply:
-        with self.cond:
-            st = self.clients.get(client_id)
-            if st is None:
-                raise Refused(Status.PERMISSION_DENIED, f"unknown client id {client_id!r}")
-            if st.entry.token and not hmac.compare_digest(st.entry.token, token):
-                raise Refused(Status.UNAUTHENTICATED, f"wrong token for client {client_id!r}")
-            if st.session:
-                self.sessions.pop(st.session, None)
-            st.session = uuid.uuid4().hex
-            st.profile = profile
-            st.joined_at = time.time()
-            self.sessions[st.session] = client_id
-            self.cond.notify_all()
-            spec = pb.RunSpec()
-            spec.CopyFrom(self.spec)
-            spec.partition = st.partition if self.spec.dataset else -1
-            log.info("client %s joined (partition %d, %d examples, %s)", client_id, st.partition,
-                     profile.num_examples, profile.accelerator or "?")
-            self.log.write("join", client=client_id, partition=st.partition,
-                           profile=records.profile_dict(profile))
-            return pb.JoinReply(session_id=st.session, spec=spec)
-
-    def _client(self, session: str) -> ClientState:
-        cid = self.sessions.get(session)
-        if cid is None:
-            raise Refused(Status.UNAUTHENTICATED,
-                          "unknown or expired session: join again")
-        return self.clients[cid]
-
-    def check_session(self, session: str) -> str:
-        with self.cond:
-            return self._client(session).entry.id
-
     def task(self, session: str, last_round: int, wait_s: float) -> pb.Task:
+        """Long poll: a plan as soon as the client has one, DONE at the end, else WAIT."""
         end = time.time() + max(0.0, min(wait_s, 60.0))
         with self.cond:
             while True:
-                st = self._client(session)
+                cid = self.sessions.check_session(session)
                 if self.done:
                     return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete")
                 r = self.current
-                if (r is not None and r.open and st.entry.id in r.instructions
-                        and st.entry.id not in r.accepted and st.entry.id not in r.refused):
+                if (r is not None and r.open and cid in r.instructions
+                        and cid not in r.accepted and cid not in r.refused):
                     return pb.Task(kind=pb.Task.TRAIN, round=r.number,
-                                   plan=r.instructions[st.entry.id].plan)
+                                   plan=r.instructions[cid].plan)
                 left = end - time.time()
                 if left <= 0:
                     return pb.Task(kind=pb.Task.WAIT, retry_after_ms=200)
                 self.cond.wait(left)
 
-    def _open_round_for(self, session: str, rnd: int) -> tuple[ClientState, Round]:
-        st = self._client(session)
-        return st, require_open(self.current, rnd, st.entry.id)
+    def _open_round_for(self, session: str, rnd: int) -> tuple[str, Round]:
+        cid = self.sessions.check_session(session)
+        return cid, require_open(self.current, rnd, cid)
 
     def download_blob(self, session: str, rnd: int) -> tuple[str, Blob]:
         with self.cond:
-            st, r = self._open_round_for(session, rnd)
-            return st.entry.id, r.blobs[st.entry.id]
+            cid, r = self._open_round_for(session, rnd)
+            return cid, r.blobs[cid]
 
     def record_download(self, cid: str, rnd: int, sent: int, grpc_bytes: int, seconds: float) -> None:
         with self.cond:
@@ -143,8 +95,7 @@ class Engine:
 
     def upload_start(self, session: str, rnd: int, total: int, digest: str) -> tuple[str, PartialUpload]:
         with self.cond:
-            st, r = self._open_round_for(session, rnd)
-            cid = st.entry.id
+            cid, r = self._open_round_for(session, rnd)
             check_declared(r, cid, total, digest)
             part = r.uploads.get(cid)
             if part is None or part.total_size != total or part.blob_digest != digest:
@@ -158,15 +109,15 @@ class Engine:
 
     def upload_status(self, session: str, rnd: int) -> pb.UploadStatusReply:
         with self.cond:
-            st = self._client(session)
+            cid = self.sessions.check_session(session)
             r = self.current
             if r is None or r.number != rnd:
                 return pb.UploadStatusReply()
-            if st.entry.id in r.accepted:
-                part = r.uploads.get(st.entry.id)
+            if cid in r.accepted:
+                part = r.uploads.get(cid)
                 size = part.total_size if part else 0
                 return pb.UploadStatusReply(acked_offset=size, total_size=size, complete=True)
-            part = r.uploads.get(st.entry.id)
+            part = r.uploads.get(cid)
             if part is None:
                 return pb.UploadStatusReply()
             return pb.UploadStatusReply(acked_offset=part.acked, total_size=part.total_size)
@@ -206,7 +157,7 @@ class Engine:
             if r is None or r.number != rnd or not r.open:
                 raise Refused(Status.FAILED_PRECONDITION,
                               f"round {rnd} closed while the update was being checked: late update refused")
-            self.strategy.fold(rnd, self.clients[cid].info(), update.tensors, update.weight)
+            self.strategy.fold(rnd, self.sessions.info(cid), update.tensors, update.weight)
             r.accepted[cid] = update.weight
             r.up.setdefault(cid, TransferStats()).tensor_bytes = tensor_bytes(update.tensors)
             r.up[cid].stage_bytes = update.stage_bytes
@@ -229,18 +180,18 @@ class Engine:
 
     def report(self, session: str, rnd: int, metrics: dict[str, float],
                profile: pb.DeviceProfile | None, decline: str = "") -> None:
+        """A client's metrics for the round, a refreshed profile (re-admitted by the
+        strategy), or its reason for not training."""
         with self.cond:
-            st = self._client(session)
+            st = self.sessions.client(session)
             cid = st.entry.id
             if profile is not None and profile.ByteSize() > 0:
                 self.log.write("profile", round=rnd, client=cid, profile=records.profile_dict(profile))
                 why = self.strategy.admit(dataclasses.replace(st, profile=profile).info())
                 if why:
                     self.turned_away.add(cid)  # not waited for until it comes back admissible
-                    self.sessions.pop(st.session, None)
-                    st.session, st.profile = "", None
+                    self.sessions.end(st)
                     self.log.write("refused", round=rnd, client=cid, code="FAILED_PRECONDITION", reason=why)
-                    self.cond.notify_all()
                     raise Refused(Status.FAILED_PRECONDITION, f"client {cid!r} refused: {why}")
                 st.profile = profile
                 self.turned_away.discard(cid)
@@ -255,24 +206,19 @@ class Engine:
                 self.cond.notify_all()
 
     # ----------------------------------------------------------------- the round loop
-    def _joined(self) -> list[ClientState]:
-        """Clients with a session that have said how many examples they hold (ready to plan)."""
-        return [c for c in self.clients.values()
-                if c.session and c.profile is not None and c.profile.num_examples > 0]
-
     def _wait_for_clients(self, want: int) -> bool:
         end = time.time() + self.cfg.join_timeout_s
         with self.cond:
-            while len(self._joined()) < want - len(self.turned_away) and not self.done:
+            while len(self.sessions.ready()) < want - len(self.turned_away) and not self.done:
                 left = end - time.time()
                 if left <= 0:
-                    return len(self._joined()) >= self.cfg.min_clients
+                    return len(self.sessions.ready()) >= self.cfg.min_clients
                 self.cond.wait(min(left, 1.0))
         return True
 
     def _sample(self, rnd: int, attempt: int) -> list[ClientInfo]:
         with self.cond:
-            pool = sorted(self._joined(), key=lambda c: c.entry.id)
+            pool = sorted(self.sessions.ready(), key=lambda c: c.entry.id)
             k = min(len(pool), max(self.cfg.min_clients, math.ceil(self.cfg.fraction * len(pool))))
             chosen = random.Random(f"{self.cfg.seed}/{rnd}/{attempt}").sample(pool, k)
             return [c.info() for c in sorted(chosen, key=lambda c: c.entry.id)]
@@ -280,18 +226,18 @@ class Engine:
     def run(self) -> int:
         """Runs every round; returns a process exit code."""
         try:
-            ready = self._wait_for_clients(len(self.clients))
+            ready = self._wait_for_clients(len(self.sessions))
             if self.done:
                 return 1
             if not ready:
-                return self._stop(f"only {len(self._joined())} of {self.cfg.min_clients} required "
-                                  f"clients joined within {self.cfg.join_timeout_s:g}s")
+                return self._stop(f"only {len(self.sessions.ready())} of {self.cfg.min_clients} "
+                                  f"required clients joined within {self.cfg.join_timeout_s:g}s")
             score = self.evaluate_fn()
             records.write_initial(self.log, score)
             log.info("round 0 (initial model): test accuracy %.4f", score.accuracy)
             for rnd in range(1, self.cfg.rounds + 1):
                 for attempt in range(self.cfg.round_retries + 1):
-                    if len(self._joined()) < self.cfg.min_clients and not self._wait_for_clients(
+                    if len(self.sessions.ready()) < self.cfg.min_clients and not self._wait_for_clients(
                             self.cfg.min_clients):
                         return self._stop(f"round {rnd}: fewer than {self.cfg.min_clients} clients connected")
                     if self._play_round(rnd, attempt):

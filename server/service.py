@@ -1,5 +1,5 @@
-"""gRPC handlers: translate messages to engine calls and refusals to statuses, and count the
-serialized size of every message where the stream is handled."""
+"""gRPC handlers: translate messages to calls on the engine and its sessions, map refusals to
+statuses, and count the serialized size of every message where the stream is handled."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ _PROBE_BLOCK = os.urandom(MAX_CHUNK_BYTES)  # incompressible, reused: probes mea
 class CoordinatorService(pbg.CoordinatorServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.sessions = engine.sessions
 
     def _abort(self, context: grpc.ServicerContext, e: Refused, what: str):
         log.warning("%s refused: %s: %s", what, e.code.name, e.message)
@@ -37,7 +38,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         if cn is None:
             return
         try:
-            cid = self.engine.check_session(session)
+            cid = self.sessions.check_session(session)
         except Refused as e:
             self._abort(context, e, "call")
         if cid != cn:
@@ -55,7 +56,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                          f"certificate is for {cn!r}, not for client {request.client_id!r}"),
                         f"join of {request.client_id!r}")
         try:
-            return self.engine.join(request.client_id, request.token, request.profile)
+            return self.sessions.join(request.client_id, request.token, request.profile)
         except Refused as e:
             self._abort(context, e, f"join of {request.client_id!r}")
 
@@ -150,7 +151,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         for msg in request_iterator:
             if not session_checked:
                 try:
-                    self.engine.check_session(msg.session_id)
+                    self.sessions.check_session(msg.session_id)
                 except Refused as e:
                     self._abort(context, e, "probe")
                 self._bound(context, msg.session_id)
@@ -166,7 +167,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
 
     def ProbeDownload(self, request: pb.ProbeRequest, context):
         try:
-            self.engine.check_session(request.session_id)
+            self.sessions.check_session(request.session_id)
         except Refused as e:
             self._abort(context, e, "probe")
         self._bound(context, request.session_id)
