@@ -1,10 +1,11 @@
-"""The round engine: sampling, deadlines, streaming aggregation, refusals, records.
+"""The round engine: sampling, deadlines, streaming aggregation, refusals, profile admission.
 
 It knows nothing of any federated method: a :class:`Strategy` plans and aggregates, the engine
-moves bytes, enforces the plan, and keeps the books. Sessions live in :mod:`.sessions`, rounds
-are opened by :mod:`.rounds`, updates checked by :mod:`.updates`, records written by
-:mod:`.records`. All state lives behind one condition variable, shared with the sessions;
-gRPC handler threads call in, the main thread runs :meth:`Engine.run`.
+enforces the plan and keeps the round's books. Sessions live in :mod:`.sessions`, transfer
+bytes in :mod:`.transfers` (the engine sees one verified blob per client and round), update
+checks in :mod:`.updates`, records in :mod:`.records`. All round state lives behind one
+condition variable, shared with the sessions; gRPC handler threads call in, the main thread
+runs :meth:`Engine.run`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from fedlora.common.config import ServerConfig
 from fedlora.common.errors import Refused, Status
 from fedlora.common.evaluate import Score
 from fedlora.common.wire.blob import Blob
-from fedlora.common.wire.chunks import PartialUpload
 from fedlora.common.wire.codec import Chain
-from fedlora.common.wire.stats import TransferStats, tensor_bytes
+from fedlora.common.wire.stats import tensor_bytes
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server import records
 from fedlora.server.rounds import Round, plan_round, require_open
 from fedlora.server.runlog import RunLog
 from fedlora.server.sessions import Sessions
 from fedlora.server.strategy import ClientInfo, Strategy
+from fedlora.server.transfers import Transfers
 from fedlora.server.updates import check_declared, check_update, read_blob
 
 log = logging.getLogger("fedlora.server")
@@ -45,6 +46,7 @@ class Engine:
         self.evaluate_fn = evaluate_fn  # the strategy's global model on the test split
         self.cond = threading.Condition()  # re-entrant: the sessions take it too
         self.sessions = Sessions(cfg.client_entries(), spec, runlog, self.cond)
+        self.transfers = Transfers()
         self.current: Round | None = None
         self.completed = 0
         self.done = False
@@ -72,74 +74,21 @@ class Engine:
                     return pb.Task(kind=pb.Task.WAIT, retry_after_ms=200)
                 self.cond.wait(left)
 
-    def _open_round_for(self, session: str, rnd: int) -> tuple[str, Round]:
-        cid = self.sessions.check_session(session)
-        return cid, require_open(self.current, rnd, cid)
-
     def download_blob(self, session: str, rnd: int) -> tuple[str, Blob]:
-        with self.cond:
-            cid, r = self._open_round_for(session, rnd)
-            return cid, r.blobs[cid]
-
-    def record_download(self, cid: str, rnd: int, sent: int, grpc_bytes: int, seconds: float) -> None:
-        with self.cond:
-            r = self.current
-            if r is None or r.number != rnd:
-                return
-            blob = r.blobs[cid]
-            t = r.down.setdefault(cid, TransferStats(tensor_bytes=blob.tensor_bytes,
-                                                stage_bytes=list(blob.stage_bytes)))
-            t.payload_bytes += sent
-            t.grpc_bytes += grpc_bytes
-            t.seconds += seconds
-
-    def upload_start(self, session: str, rnd: int, total: int, digest: str) -> tuple[str, PartialUpload]:
-        with self.cond:
-            cid, r = self._open_round_for(session, rnd)
-            check_declared(r, cid, total, digest)
-            part = r.uploads.get(cid)
-            if part is None or part.total_size != total or part.blob_digest != digest:
-                part = PartialUpload(total, digest)  # a different blob: start over
-                r.uploads[cid] = part
-            return cid, part
-
-    def upload_chunk(self, part: PartialUpload, offset: int, data: bytes, digest: str) -> None:
-        with self.cond:
-            part.add(offset, data, digest)
-
-    def upload_status(self, session: str, rnd: int) -> pb.UploadStatusReply:
+        """The client's id and the global state it downloads in round ``rnd``."""
         with self.cond:
             cid = self.sessions.check_session(session)
-            r = self.current
-            if r is None or r.number != rnd:
-                return pb.UploadStatusReply()
-            if cid in r.accepted:
-                part = r.uploads.get(cid)
-                size = part.total_size if part else 0
-                return pb.UploadStatusReply(acked_offset=size, total_size=size, complete=True)
-            part = r.uploads.get(cid)
-            if part is None:
-                return pb.UploadStatusReply()
-            return pb.UploadStatusReply(acked_offset=part.acked, total_size=part.total_size)
+            return cid, require_open(self.current, rnd, cid).blobs[cid]
 
-    def record_upload_io(self, cid: str, rnd: int, received: int, grpc_bytes: int, seconds: float) -> None:
+    def admit_upload(self, session: str, rnd: int, total: int, digest: str) -> str:
+        """Checks an upload's declaration before any byte of it is kept; returns the client id."""
         with self.cond:
-            r = self.current
-            if r is None or r.number != rnd:
-                return
-            t = r.up.setdefault(cid, TransferStats())
-            t.payload_bytes += received
-            t.grpc_bytes += grpc_bytes
-            t.seconds += seconds
+            cid = self.sessions.check_session(session)
+            check_declared(require_open(self.current, rnd, cid), cid, total, digest)
+            return cid
 
-    def upload_complete(self, cid: str, rnd: int, part: PartialUpload) -> None:
-        """Verifies, decodes, validates and folds a whole upload; refusals here are final."""
-        try:
-            data = part.verified()
-        except Refused:
-            with self.cond:
-                part.buffer.clear()  # resend from zero
-            raise
+    def submit(self, cid: str, rnd: int, data: bytes) -> None:
+        """Decodes, checks and folds one complete, verified blob; INVALID_ARGUMENT is final."""
         try:
             tensors, meta = read_blob(data)
             with self.cond:
@@ -159,11 +108,11 @@ class Engine:
                               f"round {rnd} closed while the update was being checked: late update refused")
             self.strategy.fold(rnd, self.sessions.info(cid), update.tensors, update.weight)
             r.accepted[cid] = update.weight
-            r.up.setdefault(cid, TransferStats()).tensor_bytes = tensor_bytes(update.tensors)
-            r.up[cid].stage_bytes = update.stage_bytes
+            self.transfers.accepted(cid, rnd, len(data), tensor_bytes(update.tensors),
+                                    update.stage_bytes)
             log.info("round %d: update from %s accepted (%d bytes, weight %g)", rnd, cid,
-                     part.total_size, update.weight)
-            self.log.write("upload", round=rnd, client=cid, bytes=part.total_size,
+                     len(data), update.weight)
+            self.log.write("upload", round=rnd, client=cid, bytes=len(data),
                            finished=len(r.accepted) + len(r.refused), planned=len(r.instructions))
             self.cond.notify_all()
 
@@ -173,7 +122,7 @@ class Engine:
             r = self.current
             if r is not None and r.number == rnd:
                 r.refused[cid] = e.message
-                r.uploads.pop(cid, None)
+                self.transfers.drop(cid, rnd)
                 self.cond.notify_all()
         log.warning("round %d: update from %s refused: %s", rnd, cid, e.message)
         self.log.write("refused", round=rnd, client=cid, code=e.code.name, reason=e.message)
@@ -259,6 +208,7 @@ class Engine:
         r = plan_round(self.strategy, self.cfg, self.down_chain, rnd, attempt,
                        self._sample(rnd, attempt))
         with self.cond:
+            self.transfers.open(rnd)
             self.current = r
             self.cond.notify_all()
         self.log.write("round_start", round=rnd, attempt=attempt, planned=len(r.instructions),
@@ -276,7 +226,7 @@ class Engine:
         self._last_refusals = dict(r.refused)
         if accepted < self.cfg.min_clients:
             self.strategy.discard(rnd)
-            records.write_clients(self.log, r, *self._stats(r))
+            records.write_clients(self.log, r, *self.transfers.stats())
             self.log.write("round_failed", round=rnd, attempt=attempt, accepted=accepted,
                            refused=r.refused, missing=missing)
             log.warning("round %d: only %d update(s) accepted (min %d); refused %s; missing %s", rnd,
@@ -285,7 +235,7 @@ class Engine:
         with self.cond:
             metrics = self.strategy.aggregate(rnd)
         seconds = time.time() - r.started
-        up, down = self._stats(r)
+        up, down = self.transfers.stats()
         clients = records.write_clients(self.log, r, up, down)
         if self.strategy.server_evaluates:
             score, evaluated_by = self.evaluate_fn(), "coordinator"
@@ -299,11 +249,6 @@ class Engine:
                  rnd, accepted, len(r.instructions), score.accuracy, score.loss, rec["up_mb"],
                  rec["down_mb"], seconds)
         return True
-
-    def _stats(self, r: Round) -> tuple[dict[str, TransferStats], dict[str, TransferStats]]:
-        with self.cond:
-            return ({c: dataclasses.replace(t) for c, t in r.up.items()},
-                    {c: dataclasses.replace(t) for c, t in r.down.items()})
 
     def stop(self, reason: str) -> None:
         """Ends the run from outside (a signal): the current round is discarded."""
@@ -321,4 +266,3 @@ class Engine:
         if error:
             log.error("%s", error)
         return 1 if error else 0
-

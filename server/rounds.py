@@ -1,8 +1,8 @@
 """One round's state and its opening: the plans, each plan's upload limit and deadline, and
 the global state packed once per distinct set of tensors.
 
-A :class:`Round` is mutated only under the engine's condition; a retried round is a new one,
-so it starts with no partial uploads and no byte counts.
+A :class:`Round` is mutated only under the engine's condition; it never holds transfer bytes
+(those live in :mod:`fedlora.server.transfers`), so a retried round starts with none.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import torch
 from fedlora.common.config import ServerConfig
 from fedlora.common.errors import Refused, Status
 from fedlora.common.wire.blob import Blob, pack
-from fedlora.common.wire.chunks import PartialUpload
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import HEADER_SLACK
-from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.strategy import ClientInfo, Instruction, Strategy
 
@@ -35,9 +33,6 @@ class Round:
     open: bool = True
     accepted: dict[str, float] = field(default_factory=dict)   # client -> weight
     refused: dict[str, str] = field(default_factory=dict)      # final refusals, client -> why
-    uploads: dict[str, PartialUpload] = field(default_factory=dict)
-    down: dict[str, TransferStats] = field(default_factory=dict)
-    up: dict[str, TransferStats] = field(default_factory=dict)
     reports: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def settled(self) -> bool:
