@@ -1,5 +1,9 @@
-"""gRPC handlers: translate messages to engine calls and refusals to statuses, and count the
-serialized size of every message where the stream is handled."""
+"""gRPC handlers: translate messages to calls on the engine, the sessions and the transfers,
+map refusals to statuses, and count the serialized size of every message where the stream is
+handled.
+
+An upload is admitted by the engine once, on its first message; its chunks go to the transfers
+only, and the engine gets the one verified blob they put together."""
 
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ _PROBE_BLOCK = os.urandom(MAX_CHUNK_BYTES)  # incompressible, reused: probes mea
 class CoordinatorService(pbg.CoordinatorServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.sessions = engine.sessions
+        self.transfers = engine.transfers
 
     def _abort(self, context: grpc.ServicerContext, e: Refused, what: str):
         log.warning("%s refused: %s: %s", what, e.code.name, e.message)
@@ -37,7 +43,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         if cn is None:
             return
         try:
-            cid = self.engine.check_session(session)
+            cid = self.sessions.check_session(session)
         except Refused as e:
             self._abort(context, e, "call")
         if cid != cn:
@@ -55,7 +61,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                          f"certificate is for {cn!r}, not for client {request.client_id!r}"),
                         f"join of {request.client_id!r}")
         try:
-            return self.engine.join(request.client_id, request.token, request.profile)
+            return self.sessions.join(request.client_id, request.token, request.profile)
         except Refused as e:
             self._abort(context, e, f"join of {request.client_id!r}")
 
@@ -88,8 +94,8 @@ class CoordinatorService(pbg.CoordinatorServicer):
                 sent += len(data)
                 yield msg
         finally:
-            self.engine.record_download(cid, request.round, sent, grpc_bytes,
-                                        time.perf_counter() - t0)
+            self.transfers.sent(cid, request.round, blob, sent, grpc_bytes,
+                                time.perf_counter() - t0)
 
     def Upload(self, request_iterator, context) -> pb.UploadReply:
         t0 = time.perf_counter()  # the call starts before its first chunk has arrived
@@ -99,11 +105,12 @@ class CoordinatorService(pbg.CoordinatorServicer):
         rnd = first.round
         self._bound(context, first.session_id)
         try:
-            cid, part = self.engine.upload_start(first.session_id, rnd, first.total_size,
-                                                 first.blob_digest)
+            cid = self.engine.admit_upload(first.session_id, rnd, first.total_size,
+                                           first.blob_digest)
         except Refused as e:
             self._abort(context, e, "upload")
             return pb.UploadReply()
+        part = self.transfers.upload(cid, rnd, first.total_size, first.blob_digest)
         received = 0
         grpc_bytes = 0
         try:
@@ -112,27 +119,28 @@ class CoordinatorService(pbg.CoordinatorServicer):
                 grpc_bytes += msg.ByteSize()
                 received += len(msg.data)
                 if msg.data or msg.offset:
-                    self.engine.upload_chunk(part, msg.offset, msg.data, msg.digest)
+                    self.transfers.add(part, msg.offset, msg.data, msg.digest)
                 msg = next(request_iterator, None)
             if not part.complete:
                 reply = pb.UploadReply(received=part.acked, complete=False,
                                        message=f"{part.acked} of {part.total_size} bytes held")
             else:
-                self.engine.upload_complete(cid, rnd, part)
+                self.engine.submit(cid, rnd, self.transfers.verified(part))
                 reply = pb.UploadReply(received=part.acked, complete=True, message="accepted")
             grpc_bytes += reply.ByteSize()
             return reply
         except Refused as e:
             self._abort(context, e, f"upload from {cid!r}")
         finally:
-            self.engine.record_upload_io(cid, rnd, received, grpc_bytes, time.perf_counter() - t0)
+            self.transfers.received(cid, rnd, received, grpc_bytes, time.perf_counter() - t0)
 
     def UploadStatus(self, request: pb.UploadStatusRequest, context) -> pb.UploadStatusReply:
         self._bound(context, request.session_id)
         try:
-            return self.engine.upload_status(request.session_id, request.round)
+            cid = self.sessions.check_session(request.session_id)
         except Refused as e:
             self._abort(context, e, "upload status")
+        return self.transfers.status(cid, request.round)
 
     def Report(self, request: pb.ReportRequest, context) -> pb.ReportReply:
         self._bound(context, request.session_id)
@@ -150,7 +158,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         for msg in request_iterator:
             if not session_checked:
                 try:
-                    self.engine.check_session(msg.session_id)
+                    self.sessions.check_session(msg.session_id)
                 except Refused as e:
                     self._abort(context, e, "probe")
                 self._bound(context, msg.session_id)
@@ -166,7 +174,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
 
     def ProbeDownload(self, request: pb.ProbeRequest, context):
         try:
-            self.engine.check_session(request.session_id)
+            self.sessions.check_session(request.session_id)
         except Refused as e:
             self._abort(context, e, "probe")
         self._bound(context, request.session_id)

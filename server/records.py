@@ -1,0 +1,99 @@
+"""The ``client`` and ``round`` records of ``metrics.jsonl``.
+
+Field names and values are a contract: :func:`fedlora.server.runlog.summarize`,
+``deploy/report.py`` and the benchmarks read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+from fedlora.common.evaluate import Score
+from fedlora.common.wire.stats import TransferStats
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.rounds import Round
+from fedlora.server.runlog import RunLog
+
+
+def write_initial(runlog: RunLog, score: Score) -> None:
+    """Round 0: the model before any update, so every run's curve starts from the same point."""
+    runlog.write("round", round=0, test_accuracy=score.accuracy, test_loss=score.loss,
+                 planned=0, accepted=0, seconds=0.0, up_mb=0.0, down_mb=0.0)
+
+
+def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
+                  down: dict[str, TransferStats]) -> list[dict[str, Any]]:
+    """One record per planned client, whatever became of it; returns them for the round record."""
+    out = []
+    for cid in sorted(r.instructions):
+        status = ("accepted" if cid in r.accepted else "refused" if cid in r.refused
+                  else "missing")
+        rep = r.reports.get(cid, {})
+        down_t = dataclasses.replace(down.get(cid, TransferStats()))
+        if rep.get("client_down_seconds"):  # the receiver's clock: the sender's ends when
+            down_t.seconds = rep["client_down_seconds"]  # its buffers fill, not on arrival
+        up_d, down_d = up.get(cid, TransferStats()).as_dict(), down_t.as_dict()
+        # the client's own interface counters: tx while uploading, rx while downloading
+        up_d["iface_bytes"] = _int_or_none(rep.get("iface_up_tx_bytes"))
+        down_d["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
+        out.append(runlog.write(
+            "client", round=r.number, attempt=r.attempt, client=cid, status=status,
+            reason=r.refused.get(cid), weight=r.accepted.get(cid), up=up_d, down=down_d,
+            train_loss=rep.get("train_loss"), local_accuracy=rep.get("local_accuracy"),
+            metrics=rep))
+    return out
+
+
+def client_score(records: list[dict[str, Any]]) -> Score:
+    """The round's score when the clients hold the model: the n_k-weighted mean of theirs."""
+    acc, loss = _weighted(records, "test_accuracy"), _weighted(records, "test_loss")
+    return Score(float("nan") if acc is None else acc, float("nan") if loss is None else loss, 0)
+
+
+def write_round(runlog: RunLog, r: Round, records: list[dict[str, Any]], missing: list[str],
+                score: Score, seconds: float, evaluated_by: str, up: dict[str, TransferStats],
+                down: dict[str, TransferStats], strategy: dict[str, float]) -> dict[str, Any]:
+    """The aggregated round's record, from its client records and every transfer it saw."""
+    accepted = [rec for rec in records if rec["status"] == "accepted"]
+    losses = [(rec["train_loss"], rec["weight"]) for rec in accepted
+              if rec.get("train_loss") is not None]
+    train_loss = (sum(l * w for l, w in losses) / sum(w for _, w in losses)) if losses else None
+    return runlog.write(
+        "round", round=r.number, attempt=r.attempt, planned=len(r.instructions),
+        accepted=len(r.accepted), refused=sorted(r.refused), missing=missing,
+        test_accuracy=score.accuracy, test_loss=score.loss, train_loss=train_loss,
+        seconds=round(seconds, 3), personal_accuracy=_weighted(accepted, "local_accuracy"),
+        evaluated_by=evaluated_by,
+        up_mb=sum(t.payload_bytes for t in up.values()) / 1e6,
+        down_mb=sum(t.payload_bytes for t in down.values()) / 1e6,
+        dp_epsilon=max((rec["metrics"].get("dp_epsilon", 0.0) for rec in records), default=None) or None,
+        up_wire_mb=_sum_mb(rec["up"]["iface_bytes"] for rec in accepted),
+        down_wire_mb=_sum_mb(rec["down"]["iface_bytes"] for rec in accepted
+                             if rec["down"]["payload_bytes"]),
+        strategy=strategy)
+
+
+def profile_dict(p: pb.DeviceProfile) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(p, preserving_proto_field_name=True)
+
+
+def _weighted(records: list[dict[str, Any]], key: str) -> float | None:
+    """The weight-averaged (n_k) value of a reported metric, or None if nobody reported it."""
+    pairs = [(rec["metrics"][key], rec["weight"]) for rec in records
+             if rec.get("metrics", {}).get(key) is not None and rec.get("weight")]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def _sum_mb(values: Iterable[int | None]) -> float | None:
+    """Total MB, or None when any value is missing (the level was not measurable)."""
+    vals = list(values)
+    return None if not vals or any(v is None for v in vals) else sum(vals) / 1e6
+
+
+def _int_or_none(v: float | None) -> int | None:
+    return None if v is None or v < 0 else int(v)

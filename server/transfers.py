@@ -1,0 +1,115 @@
+"""The current round's transfers: partial uploads, what each client may resume from, and what
+every download and upload cost.
+
+The service feeds chunks in here and takes out one verified blob per client; only that blob
+reaches the engine, so per-chunk work never waits on the round loop. The engine starts each
+round (attempt) with :meth:`Transfers.open`, which forgets everything: a retried round starts
+clean. Calls naming another round are ignored, so a stream outliving its round cannot touch
+the next one's books.
+
+Locking: one plain lock of its own, never held while calling out. The engine calls
+:meth:`open`, :meth:`accepted` and :meth:`drop` while holding its condition, so the order is
+always engine condition, then this lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from fedlora.common.wire.blob import Blob
+from fedlora.common.wire.chunks import PartialUpload
+from fedlora.common.wire.stats import TransferStats
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
+
+class Transfers:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._round = 0
+        self._uploads: dict[str, PartialUpload] = {}
+        self._accepted: dict[str, int] = {}  # client -> size of its accepted blob
+        self._up: dict[str, TransferStats] = {}
+        self._down: dict[str, TransferStats] = {}
+
+    def open(self, rnd: int) -> None:
+        with self._lock:
+            self._round = rnd
+            self._uploads, self._accepted, self._up, self._down = {}, {}, {}, {}
+
+    # ------------------------------------------------------------------ uploads
+    def upload(self, cid: str, rnd: int, total: int, digest: str) -> PartialUpload:
+        """The client's partial upload to resume, or a fresh one when it declares another blob.
+        The caller has admitted the declaration (:meth:`Engine.admit_upload`)."""
+        with self._lock:
+            part = self._uploads.get(cid) if rnd == self._round else None
+            if part is None or part.total_size != total or part.blob_digest != digest:
+                part = PartialUpload(total, digest)
+                if rnd == self._round:
+                    self._uploads[cid] = part
+            return part
+
+    def add(self, part: PartialUpload, offset: int, data: bytes, digest: str) -> None:
+        """One chunk; refused chunks leave what was acknowledged intact (the client resumes)."""
+        with self._lock:  # two streams of one client may share a partial upload
+            part.add(offset, data, digest)
+
+    def verified(self, part: PartialUpload) -> bytes:
+        """The complete blob; on a digest mismatch the buffer is emptied: resend from zero."""
+        with self._lock:
+            return part.verified()
+
+    def accepted(self, cid: str, rnd: int, size: int, tensor_bytes: int,
+                 stage_bytes: list[int]) -> None:
+        """The engine folded the client's blob: its status is complete and the buffer let go."""
+        with self._lock:
+            if rnd != self._round:
+                return
+            self._uploads.pop(cid, None)
+            self._accepted[cid] = size
+            t = self._up.setdefault(cid, TransferStats())
+            t.tensor_bytes, t.stage_bytes = tensor_bytes, list(stage_bytes)
+
+    def drop(self, cid: str, rnd: int) -> None:
+        """A final refusal: nothing of the client's upload is kept."""
+        with self._lock:
+            if rnd == self._round:
+                self._uploads.pop(cid, None)
+
+    def status(self, cid: str, rnd: int) -> pb.UploadStatusReply:
+        """Where the client resumes: the acknowledged offset, or complete once accepted."""
+        with self._lock:
+            if rnd != self._round:
+                return pb.UploadStatusReply()
+            if cid in self._accepted:
+                size = self._accepted[cid]
+                return pb.UploadStatusReply(acked_offset=size, total_size=size, complete=True)
+            part = self._uploads.get(cid)
+            if part is None:
+                return pb.UploadStatusReply()
+            return pb.UploadStatusReply(acked_offset=part.acked, total_size=part.total_size)
+
+    # ------------------------------------------------------------------ byte counts
+    def sent(self, cid: str, rnd: int, blob: Blob, payload_bytes: int, grpc_bytes: int,
+             seconds: float) -> None:
+        """One download call's cost; resumed downloads add up."""
+        with self._lock:
+            if rnd != self._round:
+                return
+            t = self._down.setdefault(cid, TransferStats(tensor_bytes=blob.tensor_bytes,
+                                                         stage_bytes=list(blob.stage_bytes)))
+            t.add(payload_bytes, grpc_bytes, seconds)
+
+    def received(self, cid: str, rnd: int, payload_bytes: int, grpc_bytes: int,
+                 seconds: float) -> None:
+        """One upload call's cost, resends included."""
+        with self._lock:
+            if rnd != self._round:
+                return
+            self._up.setdefault(cid, TransferStats()).add(payload_bytes, grpc_bytes, seconds)
+
+    def stats(self) -> tuple[dict[str, TransferStats], dict[str, TransferStats]]:
+        """Copies of the round's ``(up, down)`` stats per client, for its records."""
+        with self._lock:
+            return ({c: dataclasses.replace(t) for c, t in self._up.items()},
+                    {c: dataclasses.replace(t) for c, t in self._down.items()})

@@ -1,0 +1,96 @@
+"""Update admission: what an upload must declare before its first byte is kept, and what the
+complete blob must hold before any strategy sees it.
+
+Refusals are :class:`Refused`; INVALID_ARGUMENT ones are final for the round (the engine
+records them), the others leave the client free to try again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedlora.common.errors import Refused, Status
+from fedlora.common.model import REPORT_PREFIX
+from fedlora.common.wire.blob import BlobError, unpack
+from fedlora.server.rounds import Round
+from fedlora.server.strategy import Instruction
+from fedlora.server.validate import validate_update
+
+
+@dataclass(frozen=True)
+class Update:
+    """A checked update: the weights to fold (deltas already applied), the client's n_k, and
+    the per-stage sizes its codec reported."""
+
+    tensors: dict[str, torch.Tensor]
+    weight: float
+    stage_bytes: list[int]
+
+
+def check_declared(r: Round, cid: str, total: int, digest: str) -> None:
+    """An upload's first message: the client may still send this round, and the declared size
+    and digest are usable. Nothing is buffered before this passes."""
+    if cid in r.accepted:
+        raise Refused(Status.ALREADY_EXISTS, f"round {r.number}: update already accepted")
+    if cid in r.refused:
+        raise Refused(Status.FAILED_PRECONDITION,
+                      f"round {r.number}: update already refused ({r.refused[cid]})")
+    limit = r.instructions[cid].plan.max_upload_bytes
+    if total <= 0:
+        raise Refused(Status.INVALID_ARGUMENT, "upload declares no size")
+    if total > limit:
+        raise Refused(Status.RESOURCE_EXHAUSTED,
+                      f"upload of {total} bytes exceeds the plan's limit of {limit} bytes")
+    if len(digest) != 64:
+        raise Refused(Status.INVALID_ARGUMENT, "upload declares no sha256 blob digest")
+
+
+def read_blob(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and header of a verified blob; an undecodable one is a final refusal."""
+    try:
+        return unpack(data)
+    except BlobError as e:
+        raise Refused(Status.INVALID_ARGUMENT, f"undecodable update: {e}") from None
+
+
+def check_update(tensors: dict[str, torch.Tensor], meta: dict[str, Any], inst: Instruction,
+                 rnd: int, cid: str) -> Update:
+    """The header names this round and client, a positive n_k and the planned upload kind;
+    the tensors are exactly the plan's (after a delta is applied to the round's state)."""
+    if meta.get("round") != rnd or meta.get("client") != cid:
+        raise Refused(Status.INVALID_ARGUMENT,
+                      f"blob header names round {meta.get('round')!r} and client "
+                      f"{meta.get('client')!r}, expected {rnd} and {cid!r}")
+    weight = meta.get("num_examples")
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+        raise Refused(Status.INVALID_ARGUMENT, "blob header lacks a positive num_examples")
+    if meta.get("upload_kind", "weights") != (inst.plan.upload_kind or "weights"):
+        raise Refused(Status.INVALID_ARGUMENT,
+                      f"blob is a {meta.get('upload_kind')!r} upload, the plan asks for "
+                      f"{inst.plan.upload_kind!r}")
+    validate_update(tensors, inst.expected)
+    if inst.plan.upload_kind == "delta":
+        tensors = apply_delta(inst.tensors, tensors)
+    return Update(tensors, float(weight), [int(b) for b in meta.get("stage_bytes", [])])
+
+
+def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights from a delta upload: the round's global tensors plus the client's difference.
+    Reports (``fedlora.*``) ride along as they are."""
+    missing = sorted(n for n in set(delta) - set(base) if not n.startswith(REPORT_PREFIX))
+    if missing:
+        raise Refused(Status.INVALID_ARGUMENT,
+                      f"delta for {missing[0]!r}, which the round's global state does not hold")
+    out = {}
+    for name, d in delta.items():
+        if name not in base:
+            out[name] = d
+            continue
+        out[name] = (base[name].to(torch.float64) + d.to(torch.float64)).to(base[name].dtype)
+        if not bool(torch.isfinite(out[name]).all()):
+            raise Refused(Status.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")
+    return out

@@ -1,0 +1,100 @@
+"""Joining and sessions: who may join, with what token, and which session stays valid; no
+sockets, no processes."""
+
+import threading
+
+import pytest
+
+from fedlora.common.config import ClientEntry
+from fedlora.common.errors import Refused, Status
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.runlog import RunLog, read_records
+from fedlora.server.sessions import Sessions
+
+PROFILE = pb.DeviceProfile(num_examples=10)
+
+
+@pytest.fixture
+def sessions(tmp_path) -> Sessions:
+    entries = [ClientEntry(id="a", token="ta"), ClientEntry(id="b", token="tb"), ClientEntry(id="open")]
+    runlog = RunLog(tmp_path / "run")
+    yield Sessions(entries, pb.RunSpec(run_id="r", dataset="trec"), runlog, threading.Condition())
+    runlog.close()
+
+
+def refusal(call) -> Refused:
+    with pytest.raises(Refused) as e:
+        call()
+    return e.value
+
+
+def test_an_unknown_client_id_is_permission_denied(sessions):
+    e = refusal(lambda: sessions.join("eve", "ta", PROFILE))
+    assert e.code == Status.PERMISSION_DENIED and "unknown client id 'eve'" in e.message
+
+
+def test_a_wrong_token_is_unauthenticated(sessions):
+    e = refusal(lambda: sessions.join("a", "tb", PROFILE))
+    assert e.code == Status.UNAUTHENTICATED and "wrong token for client 'a'" in e.message
+
+
+def test_a_client_configured_without_a_token_joins_with_any(sessions):
+    assert sessions.join("open", "", PROFILE).session_id
+
+
+def test_a_join_replies_with_the_spec_and_the_clients_partition(sessions):
+    reply = sessions.join("b", "tb", PROFILE)
+    assert reply.spec.run_id == "r" and reply.spec.partition == 1
+
+
+def test_a_session_names_its_client(sessions):
+    session = sessions.join("a", "ta", PROFILE).session_id
+    assert sessions.check_session(session) == "a"
+
+
+def test_an_unknown_session_is_unauthenticated(sessions):
+    e = refusal(lambda: sessions.check_session("not-a-session"))
+    assert e.code == Status.UNAUTHENTICATED and "join again" in e.message
+
+
+def test_a_rejoin_invalidates_the_old_session(sessions):
+    old = sessions.join("a", "ta", PROFILE).session_id
+    new = sessions.join("a", "ta", PROFILE).session_id
+    assert new != old and sessions.check_session(new) == "a"
+    assert refusal(lambda: sessions.check_session(old)).code == Status.UNAUTHENTICATED
+
+
+def test_an_ended_session_is_refused_and_its_client_not_ready(sessions):
+    session = sessions.join("a", "ta", PROFILE).session_id
+    sessions.join("b", "tb", PROFILE)
+    sessions.end(sessions.client(session))
+    assert refusal(lambda: sessions.check_session(session)).code == Status.UNAUTHENTICATED
+    assert [c.entry.id for c in sessions.ready()] == ["b"]
+
+
+def test_only_clients_that_declare_examples_are_ready(sessions):
+    sessions.join("a", "ta", pb.DeviceProfile(num_examples=0))
+    sessions.join("b", "tb", PROFILE)
+    assert [c.entry.id for c in sessions.ready()] == ["b"]
+
+
+def test_a_join_is_recorded_with_the_profile(sessions, tmp_path):
+    sessions.join("a", "ta", pb.DeviceProfile(num_examples=7, accelerator="cpu"))
+    (rec,) = [r for r in read_records(tmp_path / "run" / "metrics.jsonl") if r["type"] == "join"]
+    assert rec["client"] == "a" and rec["partition"] == 0
+    assert rec["profile"] == {"num_examples": "7", "accelerator": "cpu"}  # proto JSON: int64 as text
+
+
+def test_a_join_wakes_whoever_waits_for_clients(sessions):
+    woke = threading.Event()
+
+    def waiter():
+        with sessions.cond:
+            if sessions.cond.wait_for(lambda: sessions.ready(), timeout=10):
+                woke.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    sessions.join("a", "ta", PROFILE)
+    t.join(10)
+    assert woke.is_set()

@@ -1,0 +1,77 @@
+"""Update admission: what an upload must declare before any byte is kept, and what a
+complete blob must hold; no sockets, no processes."""
+
+import pytest
+import torch
+
+from fedlora.common.errors import Refused, Status
+from fedlora.common.wire.blob import pack
+from fedlora.common.wire.codec import Chain
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.rounds import Round
+from fedlora.server.strategy import Instruction
+from fedlora.server.updates import apply_delta, check_declared, check_update, read_blob
+
+DIGEST = "0" * 64
+BASE = {"w": torch.ones(2, 2)}
+
+
+def a_round(kind: str = "delta") -> Round:
+    plan = pb.Plan(round=3, max_upload_bytes=1000, upload_kind=kind)
+    inst = Instruction(plan, BASE, {"w": ((2, 2), torch.float32)})
+    return Round(3, 0, {"c": inst}, {}, deadline=0.0, started=0.0)
+
+
+def code(call) -> Status:
+    with pytest.raises(Refused) as e:
+        call()
+    return e.value.code
+
+
+def test_a_declaration_within_the_plan_is_admitted():
+    check_declared(a_round(), "c", 1000, DIGEST)
+
+
+def test_an_already_accepted_client_may_not_upload_again():
+    r = a_round()
+    r.accepted["c"] = 1.0
+    assert code(lambda: check_declared(r, "c", 10, DIGEST)) == Status.ALREADY_EXISTS
+
+
+def test_an_upload_larger_than_the_plan_allows_is_resource_exhausted():
+    assert code(lambda: check_declared(a_round(), "c", 1001, DIGEST)) == Status.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize("total,digest", [(0, DIGEST), (10, "abc")])
+def test_an_upload_without_size_or_digest_is_invalid(total, digest):
+    assert code(lambda: check_declared(a_round(), "c", total, digest)) == Status.INVALID_ARGUMENT
+
+
+def test_an_undecodable_blob_is_invalid():
+    assert code(lambda: read_blob(b"not a blob at all")) == Status.INVALID_ARGUMENT
+
+
+def test_a_delta_update_is_folded_as_weights():
+    delta = {"w": torch.full((2, 2), 0.5)}
+    data = pack(delta, {"round": 3, "client": "c", "num_examples": 4, "upload_kind": "delta"},
+                Chain.parse([])).data
+    u = check_update(*read_blob(data), a_round().instructions["c"], 3, "c")
+    assert u.weight == 4.0
+    torch.testing.assert_close(u.tensors["w"], torch.full((2, 2), 1.5))
+
+
+@pytest.mark.parametrize("header", [
+    {"round": 2, "client": "c", "num_examples": 4, "upload_kind": "delta"},
+    {"round": 3, "client": "d", "num_examples": 4, "upload_kind": "delta"},
+    {"round": 3, "client": "c", "num_examples": 0, "upload_kind": "delta"},
+    {"round": 3, "client": "c", "num_examples": 4, "upload_kind": "weights"},
+])
+def test_a_header_that_does_not_match_the_plan_is_invalid(header):
+    data = pack({"w": torch.zeros(2, 2)}, header, Chain.parse([])).data
+    inst = a_round().instructions["c"]
+    assert code(lambda: check_update(*read_blob(data), inst, 3, "c")) == Status.INVALID_ARGUMENT
+
+
+def test_a_delta_that_overflows_is_invalid():
+    big = {"w": torch.full((2, 2), 3e38)}
+    assert code(lambda: apply_delta(big, big)) == Status.INVALID_ARGUMENT
