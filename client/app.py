@@ -23,9 +23,10 @@ from fedlora.common.wire.codec import Chain
 from fedlora.common.config import ClientConfig
 from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES
 from fedlora.common.wire.stats import TransferStats
-from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
-from fedlora.common.evaluate import batches, evaluate
-from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_a_digest, lora_pairs, select
+from fedlora.common.data import Dataset, FederatedSplit, split_local
+from fedlora.common.model import AdaptedModel, lora_a_digest, lora_pairs, select
+from fedlora.common.tasks import DEFAULT_TASK, get_task
+from fedlora.common.tasks.base import Rows, Task
 from fedlora.common.netstat import InterfaceMeter
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import steps_per_round
@@ -76,29 +77,35 @@ class Client:
         self._profile: pb.DeviceProfile | None = None  # the last one reported
 
     # ------------------------------------------------------------------ set-up
-    def _load_data(self, spec: pb.RunSpec) -> Dataset:
-        labels = list(spec.label_names)
+    @property
+    def task(self) -> Task:
+        """The run's task (every run trains the default one until the RunSpec names it)."""
+        return get_task(DEFAULT_TASK)
+
+    def _builtin_split(self, spec: pb.RunSpec) -> FederatedSplit | None:
+        return self.task.builtin_split(spec.dataset, spec.num_partitions, spec.dirichlet_alpha,
+                                       spec.test_fraction, spec.seed)
+
+    def _load_data(self, spec: pb.RunSpec) -> Rows:
         if self.cfg.data:
-            return load_data_file(Path(self.cfg.data), self.cfg.text_column, self.cfg.label_column, labels)
-        if spec.dataset != TREC or spec.partition < 0:
+            return self.task.load_file(Path(self.cfg.data), self.cfg, spec.label_names)
+        split = self._builtin_split(spec) if spec.partition >= 0 else None
+        if split is None:
             raise ValueError("data: the run has no built-in data split; pass --data FILE")
-        split = FederatedSplit.make(load_dataset(TREC), spec.num_partitions, spec.dirichlet_alpha,
-                                    spec.test_fraction, spec.seed)
         return split.shard(spec.partition)
 
-    def _test_split(self, spec: pb.RunSpec) -> Dataset | None:
+    def _test_split(self, spec: pb.RunSpec) -> Rows | None:
         """The run's test split, for methods whose global model lives on the clients (the
         built-in data only: with their own data, clients have no common test set)."""
-        if spec.dataset != TREC:
-            return None
-        return FederatedSplit.make(load_dataset(TREC), spec.num_partitions, spec.dirichlet_alpha,
-                                   spec.test_fraction, spec.seed).test()
+        split = self._builtin_split(spec)
+        return None if split is None else split.test()
 
     def _model_for(self, spec: pb.AdapterSpec) -> AdaptedModel:
         key = spec.SerializeToString(deterministic=True)
         if self.am is None or key != self._adapter_key:  # peft mutates the base: start from disk
-            base = load_base(self.cfg.model or self.spec.model, self.spec.num_labels, self.spec.seed)
-            self.am = AdaptedModel(base, spec).to(self.device)
+            base = self.task.load_base(self.cfg.model or self.spec.model, self.spec.num_labels,
+                                       self.spec.seed)
+            self.am = AdaptedModel(base, spec, self.task.peft_task_type).to(self.device)
             self._adapter_key = key
         return self.am
 
@@ -107,7 +114,7 @@ class Client:
         self.test_data = self._test_split(self.spec)
         train_idx, eval_idx = split_local(len(data), self.cfg.local_eval_fraction, self.spec.seed)
         self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
-        self.tokenizer = load_tokenizer(self.cfg.model or self.spec.model)
+        self.tokenizer = self.task.load_tokenizer(self.cfg.model or self.spec.model)
 
     def follow(self) -> int:
         """A torchrun rank other than 0: train what rank 0 sends, until it says done."""
@@ -125,7 +132,8 @@ class Client:
             am.load_state(tensors)
             am.set_trainable(list(plan.train), list(plan.freeze))
             train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                        self.spec.seed * 100_003 + plan.round, self.device, None, None, self.ctx)
+                        self.spec.seed * 100_003 + plan.round, self.device, None, None, self.ctx,
+                        task=self.task)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -215,7 +223,8 @@ class Client:
         if self.ctx is not None:  # the other ranks train the same model on their rows
             distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward, self.ctx)
+                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward, self.ctx,
+                              task=self.task)
         if ledger is not None:
             ledger.record(steps_per_round(plan.training, len(self.train_data)))
             metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,
@@ -223,7 +232,8 @@ class Client:
         if keep:
             state = am.state()
             save_file({k: state[k].contiguous() for k in keep}, str(local_path))
-        score = evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length, self.device)
+        score = self.task.evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length,
+                                   self.device)
         state = am.state()
         update = {n: state[n] for n in select(am.names(), plan.upload)}
         if plan.upload_kind == "delta":
@@ -237,7 +247,8 @@ class Client:
             update.update({IMPORTANCE_PREFIX + path: scores.get(path, torch.zeros(am.parameter(a).shape[0]))
                            for path, (a, _b) in lora_pairs(am.names()).items()})
         if "test_accuracy" in plan.report and self.test_data is not None:
-            test = evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length, self.device)
+            test = self.task.evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length,
+                                      self.device)
             metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
         blob = pack(update, {"round": rnd, "client": self.cfg.client_id,
                              "num_examples": len(self.train_data),
@@ -270,9 +281,11 @@ class Client:
         n = min(32, len(self.train_data))
         if n == 0:
             return {}
-        enc, labels = next(batches(self.train_data, self.tokenizer, n, self.spec.max_length, list(range(n))))
+        enc, targets = next(self.task.batches(self.train_data, self.tokenizer, n, self.spec.max_length,
+                                              list(range(n))))
         am.set_trainable([".*"], [])
-        out = measure_block_seconds(am.model, {k: v.to(self.device) for k, v in enc.items()}, labels.to(self.device))
+        out = measure_block_seconds(am.model, {k: v.to(self.device) for k, v in enc.items()},
+                                    targets.to(self.device), self.task.loss)
         if out:
             out["batch"] = float(n)
             log.info("one step of %d examples: %.3fs (%d blocks measured)", n, out["step"],
@@ -336,7 +349,7 @@ def class_stats(am: AdaptedModel, tokenizer, data: Dataset, num_labels: int, max
                 device: torch.device, noise_std: float, seed: int) -> dict[str, torch.Tensor]:
     """Per-class mean [CLS] embedding of the *base* model (adapters off, so every client
     embeds in the same space) and class counts; optional Gaussian noise on the means."""
-    from fedlora.common.evaluate import batches
+    from fedlora.common.tasks.classification import batches
 
     model = am.model
     hidden = model.config.hidden_size
