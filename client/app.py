@@ -79,8 +79,8 @@ class Client:
     # ------------------------------------------------------------------ set-up
     @property
     def task(self) -> Task:
-        """The run's task (every run trains the default one until the RunSpec names it)."""
-        return get_task(DEFAULT_TASK)
+        """The run's task; a coordinator that names none predates tasks and trains classifiers."""
+        return get_task(self.spec.task or DEFAULT_TASK)
 
     def _builtin_split(self, spec: pb.RunSpec) -> FederatedSplit | None:
         return self.task.builtin_split(spec.dataset, spec.num_partitions, spec.dirichlet_alpha,

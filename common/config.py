@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedlora.common.tasks import DEFAULT_TASK, TASKS, get_task
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 
@@ -175,6 +176,7 @@ class ServerConfig(_Strict):
     run_dir: Path = Path("runs/latest")
     strategy: str = "fedavg-lora"
     model: str = Field("default", description="'default' (all-MiniLM-L6-v2) or a local HF folder")
+    task: str = Field(DEFAULT_TASK, description="what the model learns: " + ", ".join(TASKS))
     rounds: int = Field(5, ge=1)
     clients: int | list[ClientEntry] = Field(4, description="a count, or ids with tokens")
     token: str = Field("", description="shared token when `clients` is a count")
@@ -199,6 +201,12 @@ class ServerConfig(_Strict):
     ranks: RanksConfig = Field(default_factory=RanksConfig)
     sa_fedlora: SAFedLoRAConfig = Field(default_factory=SAFedLoRAConfig)
     legend: LegendConfig = Field(default_factory=LegendConfig)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        get_task(v)  # raises ValueError listing the known tasks
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServerConfig":

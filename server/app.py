@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedlora.common.channel import grpc_options
 from fedlora.common.config import ConfigError, ServerConfig, dump_config
 from fedlora.common.model import AdaptedModel, resolve_model_path
-from fedlora.common.tasks import DEFAULT_TASK, get_task
+from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.engine import Engine
@@ -47,7 +47,7 @@ def serve(cfg: ServerConfig) -> int:
     runlog = RunLog(cfg.run_dir)
     (cfg.run_dir / "config.json").write_text(dump_config(cfg) + "\n")
 
-    task = get_task(DEFAULT_TASK)
+    task = get_task(cfg.task)
     entries = cfg.client_entries()
     split = task.builtin_split(cfg.data.dataset, len(entries), cfg.data.dirichlet_alpha,
                                cfg.data.test_fraction, cfg.seed)
@@ -62,7 +62,7 @@ def serve(cfg: ServerConfig) -> int:
                          cls.adapter_spec(cfg), task.peft_task_type).to(cfg.device)
     strategy = cls(cfg, model)
     spec = pb.RunSpec(
-        run_id=cfg.run_dir.name, strategy=cfg.strategy, model=cfg.model,
+        run_id=cfg.run_dir.name, strategy=cfg.strategy, model=cfg.model, task=task.name,
         num_labels=len(dataset.label_names), rounds=cfg.rounds, seed=cfg.seed,
         num_partitions=len(entries), dirichlet_alpha=cfg.data.dirichlet_alpha,
         test_fraction=cfg.data.test_fraction,
@@ -124,7 +124,8 @@ def serve(cfg: ServerConfig) -> int:
         tokenizer.save_pretrained(str(adapter_dir))
         (adapter_dir / "fedlora.json").write_text(json.dumps(
             {"base_model": str(resolve_model_path(cfg.model)), "label_names": dataset.label_names,
-             "num_labels": len(dataset.label_names), "seed": cfg.seed, "strategy": cfg.strategy},
+             "num_labels": len(dataset.label_names), "seed": cfg.seed, "strategy": cfg.strategy,
+             "task": task.name},
             indent=2) + "\n")
     summary = summarize(read_records(runlog.metrics_path))
     summary.update({
