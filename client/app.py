@@ -18,9 +18,10 @@ from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
 from fedlora.common.config import ClientConfig
-from fedlora.common.data import TREC, Dataset, FederatedSplit, load_dataset, load_file as load_data_file, split_local
-from fedlora.common.evaluate import evaluate
-from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, select
+from fedlora.common.data import Dataset, FederatedSplit, split_local
+from fedlora.common.model import AdaptedModel, select
+from fedlora.common.tasks import DEFAULT_TASK, get_task
+from fedlora.common.tasks.base import Rows, Task
 from fedlora.common.netstat import InterfaceMeter
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import steps_per_round
@@ -75,29 +76,35 @@ class Client:
         self.hooks: ClientHooks | None = None  # the run's method's client half, from its spec
 
     # ------------------------------------------------------------------ set-up
-    def _load_data(self, spec: pb.RunSpec) -> Dataset:
-        labels = list(spec.label_names)
+    @property
+    def task(self) -> Task:
+        """The run's task; a coordinator that names none predates tasks and trains classifiers."""
+        return get_task(self.spec.task or DEFAULT_TASK)
+
+    def _builtin_split(self, spec: pb.RunSpec) -> FederatedSplit | None:
+        return self.task.builtin_split(spec.dataset, spec.num_partitions, spec.dirichlet_alpha,
+                                       spec.test_fraction, spec.seed)
+
+    def _load_data(self, spec: pb.RunSpec) -> Rows:
         if self.cfg.data:
-            return load_data_file(Path(self.cfg.data), self.cfg.text_column, self.cfg.label_column, labels)
-        if spec.dataset != TREC or spec.partition < 0:
+            return self.task.load_file(Path(self.cfg.data), self.cfg, spec.label_names)
+        split = self._builtin_split(spec) if spec.partition >= 0 else None
+        if split is None:
             raise ValueError("data: the run has no built-in data split; pass --data FILE")
-        split = FederatedSplit.make(load_dataset(TREC), spec.num_partitions, spec.dirichlet_alpha,
-                                    spec.test_fraction, spec.seed)
         return split.shard(spec.partition)
 
-    def _test_split(self, spec: pb.RunSpec) -> Dataset | None:
+    def _test_split(self, spec: pb.RunSpec) -> Rows | None:
         """The run's test split, for methods whose global model lives on the clients (the
         built-in data only: with their own data, clients have no common test set)."""
-        if spec.dataset != TREC:
-            return None
-        return FederatedSplit.make(load_dataset(TREC), spec.num_partitions, spec.dirichlet_alpha,
-                                   spec.test_fraction, spec.seed).test()
+        split = self._builtin_split(spec)
+        return None if split is None else split.test()
 
     def _model_for(self, spec: pb.AdapterSpec) -> AdaptedModel:
         key = spec.SerializeToString(deterministic=True)
         if self.am is None or key != self._adapter_key:  # peft mutates the base: start from disk
-            base = load_base(self.cfg.model or self.spec.model, self.spec.num_labels, self.spec.seed)
-            self.am = AdaptedModel(base, spec).to(self.device)
+            base = self.task.load_base(self.cfg.model or self.spec.model, self.spec.num_labels,
+                                       self.spec.seed)
+            self.am = AdaptedModel(base, spec, self.task.peft_task_type).to(self.device)
             self._adapter_key = key
         return self.am
 
@@ -106,7 +113,7 @@ class Client:
         self.test_data = self._test_split(self.spec)
         train_idx, eval_idx = split_local(len(data), self.cfg.local_eval_fraction, self.spec.seed)
         self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
-        self.tokenizer = load_tokenizer(self.cfg.model or self.spec.model)
+        self.tokenizer = self.task.load_tokenizer(self.cfg.model or self.spec.model)
 
     def follow(self) -> int:
         """A torchrun rank other than 0: train what rank 0 sends, until it says done."""
@@ -124,7 +131,8 @@ class Client:
             am.load_state(tensors)
             am.set_trainable(list(plan.train), list(plan.freeze))
             train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                        self.spec.seed * 100_003 + plan.round, self.device, None, None, self.ctx)
+                        self.spec.seed * 100_003 + plan.round, self.device, None, None, self.ctx,
+                        task=self.task)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -140,7 +148,7 @@ class Client:
         profile = device_profile(self.device, len(self.train_data))
         self.hooks = methods.get(self.spec.strategy).client(ClientContext(
             cfg.client_id, self.spec, self.device, self.state_dir, self.tokenizer, self.train_data,
-            self._model_for))
+            self._model_for, self.task))
         self.hooks.on_join(profile)
         if cfg.probe_bytes:
             up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
@@ -210,7 +218,8 @@ class Client:
         if self.ctx is not None:  # the other ranks train the same model on their rows
             distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward, self.ctx)
+                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward, self.ctx,
+                              task=self.task)
         if ledger is not None:
             ledger.record(steps_per_round(plan.training, len(self.train_data)))
             metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,
@@ -218,14 +227,16 @@ class Client:
         if keep:
             state = am.state()
             save_file({k: state[k].contiguous() for k in keep}, str(local_path))
-        score = evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length, self.device)
+        score = self.task.evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length,
+                                   self.device)
         state = am.state()
         update = {n: state[n] for n in select(am.names(), plan.upload)}
         if plan.upload_kind == "delta":
             update = {n: t - global_tensors[n].to(t.dtype) for n, t in update.items()}
         update.update(self.hooks.upload_extras(plan, am))
         if REPORT_TEST_ACCURACY in plan.report and self.test_data is not None:
-            test = evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length, self.device)
+            test = self.task.evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length,
+                                      self.device)
             metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
         blob = pack(update, {"round": rnd, "client": self.cfg.client_id,
                              "num_examples": len(self.train_data),

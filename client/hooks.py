@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from fedlora.common.model import AdaptedModel
+from fedlora.common.tasks.base import Task
 from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
@@ -42,6 +43,7 @@ class ClientContext:
     tokenizer: Any
     train_data: Any
     model_for: Callable[[pb.AdapterSpec], AdaptedModel]
+    task: Task
 
 
 class ClientHooks:

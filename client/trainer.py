@@ -8,14 +8,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedlora.client.distributed import DistContext, all_sum, shard
 from fedlora.client.privacy import PrivacyLedger
 from fedlora.common.training import steps_per_round
-from fedlora.common.data import Dataset
-from fedlora.common.evaluate import batches
 from fedlora.common.model import AdaptedModel
+from fedlora.common.tasks.base import Batch, Rows, Task
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 
@@ -27,35 +25,36 @@ def make_optimizer(params: list[torch.nn.Parameter], t: pb.LocalTraining) -> tor
     raise ValueError(f"optimizer {t.optimizer!r} is not supported")
 
 
-def _shuffled(data: Dataset, tokenizer, t: pb.LocalTraining, max_length: int,
-              rng: np.random.Generator) -> Iterator[tuple[dict, torch.Tensor]]:
+def _shuffled(task: Task, data: Rows, tokenizer, t: pb.LocalTraining, max_length: int,
+              rng: np.random.Generator) -> Iterator[Batch]:
     steps = steps_per_round(t, len(data))
     done = 0
     while done < steps:
-        for batch in batches(data, tokenizer, max(1, t.batch_size), max_length,
-                             rng.permutation(len(data)).tolist()):
+        for batch in task.batches(data, tokenizer, max(1, t.batch_size), max_length,
+                                  rng.permutation(len(data)).tolist()):
             yield batch
             done += 1
             if done >= steps:
                 return
 
 
-def _poisson(data: Dataset, tokenizer, steps: int, rate: float, max_length: int,
-             rng: np.random.Generator) -> Iterator[tuple[dict, torch.Tensor]]:
+def _poisson(task: Task, data: Rows, tokenizer, steps: int, rate: float, max_length: int,
+             rng: np.random.Generator) -> Iterator[Batch]:
     """Poisson sampling, as the RDP accountant assumes: each example joins each batch with
     probability ``rate``. An empty draw (probability (1-rate)^n) is skipped; the accountant
     still counts the step, which only overstates the epsilon spent."""
     for _ in range(steps):
         idx = np.flatnonzero(rng.random(len(data)) < rate).tolist()
         if idx:
-            yield next(batches(data, tokenizer, len(idx), max_length, idx))
+            yield next(task.batches(data, tokenizer, len(idx), max_length, idx))
 
 
-def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining, max_length: int,
+def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, max_length: int,
                 seed: int, device: torch.device, ledger: PrivacyLedger | None = None,
                 after_backward: Callable[[], None] | None = None,
-                ctx: DistContext | None = None) -> dict[str, float]:
+                ctx: DistContext | None = None, *, task: Task) -> dict[str, float]:
     """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise).
+    ``task`` collates ``data`` and scores the model's logits.
 
     ``regularisation["prox_mu"]`` adds FedProx's ``mu/2 ||theta - theta_start||^2`` (its
     gradient, after backward); ``after_backward`` sees the gradients of every step before the
@@ -84,9 +83,9 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
         forward = GradSampleModule(model, loss_reduction="mean")
         opt = DPOptimizer(opt, noise_multiplier=ledger.noise_multiplier, max_grad_norm=ledger.clip_norm,
                           expected_batch_size=max(1, t.batch_size), loss_reduction="mean")
-        source = _poisson(data, tokenizer, steps, ledger.sample_rate, max_length, rng)
+        source = _poisson(task, data, tokenizer, steps, ledger.sample_rate, max_length, rng)
     else:
-        source = _shuffled(data, tokenizer, t, max_length, rng)
+        source = _shuffled(task, data, tokenizer, t, max_length, rng)
     if ctx is not None:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -95,22 +94,22 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
     done, seen, loss_sum = 0, 0, 0.0
     t0 = time.perf_counter()
     try:
-        for enc, labels in source:
-            batch, weight = len(labels), 1.0
+        for enc, targets in source:
+            batch, weight = len(targets), 1.0
             if ctx is not None:
-                mine = shard(enc, labels, ctx)
+                mine = shard(enc, targets, ctx)
                 if len(mine[1]) == 0:  # fewer rows than ranks: take part in DDP's sync, weight 0
-                    mine, weight = shard(enc, labels, DistContext(0, ctx.world)), 0.0
-                enc, labels = mine
+                    mine, weight = shard(enc, targets, DistContext(0, ctx.world)), 0.0
+                enc, targets = mine
             enc = {k: v.to(device) for k, v in enc.items()}
-            labels = labels.to(device)
+            targets = targets.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = forward(**enc).logits
-            loss = F.cross_entropy(logits.float(), labels, reduction="sum") / len(labels)
+            loss = task.loss(logits, targets)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {done}")
             # DDP averages over ranks: scale each rank's sum so the average is the batch mean
-            (loss if ctx is None else loss * (weight * len(labels) * ctx.world / batch)).backward()
+            (loss if ctx is None else loss * (weight * len(targets) * ctx.world / batch)).backward()
             if anchor is not None:
                 with torch.no_grad():
                     for p, p0 in zip(params, anchor):
@@ -123,8 +122,8 @@ def train_local(am: AdaptedModel, data: Dataset, tokenizer, t: pb.LocalTraining,
             opt.step()
             opt.zero_grad(set_to_none=True)
             done += 1
-            seen += int(weight * len(labels))
-            loss_sum += weight * loss.item() * len(labels)
+            seen += int(weight * len(targets))
+            loss_sum += weight * loss.item() * len(targets)
     finally:
         if ledger is not None:
             forward._close()  # remove opacus' hooks: the model is reused next round

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedlora import methods
+from fedlora.common.tasks import DEFAULT_TASK, TASKS, get_task
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 
@@ -124,6 +125,7 @@ class ServerConfig(Strict):
     run_dir: Path = Path("runs/latest")
     strategy: str = Field(methods.DEFAULT, description="the federated method (fedlora.methods)")
     model: str = Field("default", description="'default' (all-MiniLM-L6-v2) or a local HF folder")
+    task: str = Field(DEFAULT_TASK, description="what the model learns: " + ", ".join(TASKS))
     rounds: int = Field(5, ge=1)
     clients: int | list[ClientEntry] = Field(4, description="a count, or ids with tokens")
     token: str = Field("", description="shared token when `clients` is a count")
@@ -144,6 +146,12 @@ class ServerConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        get_task(v)  # raises ValueError listing the known tasks
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServerConfig":

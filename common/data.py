@@ -101,13 +101,6 @@ def load_file(path: Path, text_column: str, label_column: str,
     return Dataset([t for t, _ in records], [index[lab] for _, lab in records], names)
 
 
-def load_dataset(spec: str, text_column: str = "text", label_column: str = "label",
-                 label_names: list[str] | None = None) -> Dataset:
-    if spec == TREC:
-        return load_trec()
-    return load_file(Path(spec), text_column, label_column, label_names)
-
-
 def train_test_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng([seed, 1]).permutation(n)
     k = max(1, int(round(n * test_fraction)))

@@ -63,18 +63,6 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(str(resolve_model_path(model)))
 
 
-def load_base(model: str, num_labels: int, seed: int) -> nn.Module:
-    """The base classifier. Weights the checkpoint lacks (the head) are drawn from ``seed``,
-    so every process builds a bit-identical base model."""
-    from transformers import AutoModelForSequenceClassification
-
-    quiet_transformers()
-    torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_pretrained(
-        str(resolve_model_path(model)), num_labels=num_labels
-    )
-
-
 def adapter_spec_from_config(cfg, seed: int) -> pb.AdapterSpec:
     """The plan's adapter description from an :class:`AdapterConfig`."""
     return pb.AdapterSpec(
@@ -150,7 +138,9 @@ NONE = "none"
 class AdaptedModel:
     """A base model with the plan's adapter applied, addressed by wire tensor names."""
 
-    def __init__(self, base: nn.Module, spec: pb.AdapterSpec):
+    def __init__(self, base: nn.Module, spec: pb.AdapterSpec, task_type: str):
+        """``task_type`` is the run's task's ``peft_task_type``: it picks peft's wrapper (which
+        decides the state names) and is what the saved adapter declares."""
         self.spec = spec
         self.kind: AdapterKind | None = None
         if spec.kind == NONE:
@@ -172,7 +162,7 @@ class AdaptedModel:
             r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
             target_modules=targets, modules_to_save=list(spec.modules_to_save) or None,
             rank_pattern={re.escape(k): v for k, v in ranks.items() if v > 0},
-            alpha_pattern={}, task_type="SEQ_CLS",
+            alpha_pattern={}, task_type=task_type,
         )
         torch.manual_seed(spec.init_seed)
         self.model = get_peft_model(base, config)

@@ -19,9 +19,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedlora import methods
 from fedlora.common.channel import grpc_options
 from fedlora.common.config import ConfigError, ServerConfig, dump_config
-from fedlora.common.data import TREC, FederatedSplit, load_dataset
-from fedlora.common.evaluate import evaluate
-from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, resolve_model_path
+from fedlora.common.model import AdaptedModel, resolve_model_path
+from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.engine import Engine
@@ -45,25 +44,26 @@ def serve(cfg: ServerConfig) -> int:
     runlog = RunLog(cfg.run_dir)
     (cfg.run_dir / "config.json").write_text(dump_config(cfg) + "\n")
 
-    dataset = load_dataset(cfg.data.dataset, cfg.data.text_column, cfg.data.label_column)
+    task = get_task(cfg.task)
     entries = cfg.client_entries()
-    if cfg.data.dataset == TREC:
-        split = FederatedSplit.make(dataset, len(entries), cfg.data.dirichlet_alpha,
-                                    cfg.data.test_fraction, cfg.seed)
-        test = split.test()
+    split = task.builtin_split(cfg.data.dataset, len(entries), cfg.data.dirichlet_alpha,
+                               cfg.data.test_fraction, cfg.seed)
+    if split is not None:
+        dataset, test = split.dataset, split.test()
         shard_sizes = [len(s) for s in split.shards]
     else:  # clients bring their own data; the coordinator's file is the test set
-        test, shard_sizes = dataset, []
-    tokenizer = load_tokenizer(cfg.model)
-    model = AdaptedModel(load_base(cfg.model, len(dataset.label_names), cfg.seed),
-                         cls.adapter_spec(cfg)).to(cfg.device)
+        dataset = test = task.load_file(Path(cfg.data.dataset), cfg.data)
+        shard_sizes = []
+    tokenizer = task.load_tokenizer(cfg.model)
+    model = AdaptedModel(task.load_base(cfg.model, len(dataset.label_names), cfg.seed),
+                         cls.adapter_spec(cfg), task.peft_task_type).to(cfg.device)
     strategy = cls(cfg, model)
     spec = pb.RunSpec(
-        run_id=cfg.run_dir.name, strategy=cfg.strategy, model=cfg.model,
+        run_id=cfg.run_dir.name, strategy=cfg.strategy, model=cfg.model, task=task.name,
         num_labels=len(dataset.label_names), rounds=cfg.rounds, seed=cfg.seed,
         num_partitions=len(entries), dirichlet_alpha=cfg.data.dirichlet_alpha,
         test_fraction=cfg.data.test_fraction,
-        dataset=TREC if cfg.data.dataset == TREC else "", max_length=cfg.data.max_length,
+        dataset=cfg.data.dataset if split is not None else "", max_length=cfg.data.max_length,
         chunk_bytes=cfg.chunk_bytes, label_names=dataset.label_names,
         config_json=dump_config(cfg), adapter=cls.adapter_spec(cfg),
     )
@@ -71,8 +71,8 @@ def serve(cfg: ServerConfig) -> int:
              cfg.strategy, len(test), shard_sizes)
 
     def score():
-        return evaluate(model.model, tokenizer, test, cfg.eval_batch_size, cfg.data.max_length,
-                        cfg.device)
+        return task.evaluate(model.model, tokenizer, test, cfg.eval_batch_size, cfg.data.max_length,
+                             cfg.device)
 
     engine = Engine(cfg, strategy, spec, runlog, score)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * len(entries) + 16),
@@ -121,7 +121,8 @@ def serve(cfg: ServerConfig) -> int:
         tokenizer.save_pretrained(str(adapter_dir))
         (adapter_dir / "fedlora.json").write_text(json.dumps(
             {"base_model": str(resolve_model_path(cfg.model)), "label_names": dataset.label_names,
-             "num_labels": len(dataset.label_names), "seed": cfg.seed, "strategy": cfg.strategy},
+             "num_labels": len(dataset.label_names), "seed": cfg.seed, "strategy": cfg.strategy,
+             "task": task.name},
             indent=2) + "\n")
     summary = summarize(read_records(runlog.metrics_path))
     summary.update({

@@ -10,8 +10,11 @@ from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
 from fedlora.client.trainer import train_local
 from fedlora.common.config import AdapterConfig
 from fedlora.common.data import load_trec
-from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_base, load_tokenizer
+from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_tokenizer
+from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
+
+TASK = get_task("classification")
 
 
 def _dp(noise=1.0, target=0.0, clip=1.0):
@@ -23,7 +26,8 @@ def test_each_per_sample_gradient_is_clipped(tiny_model, tmp_path):
     """With zero noise and a one-example data set (sampling rate 1: every batch is exactly that
     example), a step's gradient *is* that example's clipped gradient: its norm never exceeds
     the clip norm. Done for 20 examples."""
-    am = AdaptedModel(load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0))
+    am = AdaptedModel(TASK.load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0),
+                      TASK.peft_task_type)
     am.set_trainable([".*"], [])
     tok = load_tokenizer(str(tiny_model))
     trec = load_trec()
@@ -42,7 +46,7 @@ def test_each_per_sample_gradient_is_clipped(tiny_model, tmp_path):
     handle = register_optimizer_step_pre_hook(record)
     try:
         for i in range(20):
-            train_local(am, trec.subset([i * 97]), tok, t, 32, 0, torch.device("cpu"), ledger)
+            train_local(am, trec.subset([i * 97]), tok, t, 32, 0, torch.device("cpu"), ledger, task=TASK)
     finally:
         handle.remove()
     assert len(norms) == 20 and max(norms) <= clip * (1 + 1e-4)

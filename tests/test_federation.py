@@ -246,7 +246,7 @@ def test_saved_adapter_loads_with_peft_and_scores_the_reported_accuracy(federati
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from fedlora.common.data import FederatedSplit, load_trec
-    from fedlora.common.evaluate import evaluate
+    from fedlora.common.tasks import get_task
 
     run_dir, _ = federation
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -254,5 +254,5 @@ def test_saved_adapter_loads_with_peft_and_scores_the_reported_accuracy(federati
     model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tok = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))
     test = FederatedSplit.make(load_trec(), len(TOKENS), 0.5, 0.1, seed=1).test()
-    score = evaluate(model, tok, test, 128, 48)
+    score = get_task("classification").evaluate(model, tok, test, 128, 48, "cpu")
     assert score.accuracy == pytest.approx(summary["final_accuracy"], abs=1e-9)

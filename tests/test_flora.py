@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedlora.common.config import ServerConfig
-from fedlora.common.model import AdaptedModel, load_base, load_tokenizer, lora_pairs
+from fedlora.common.model import AdaptedModel, load_tokenizer, lora_pairs
+from fedlora.common.tasks import get_task
 from fedlora.methods.flora.client import FLoRAClient
 from fedlora.methods.flora.merge import STACK_PREFIX, base_weights
 from fedlora.methods.flora.strategy import FLoRA
@@ -19,11 +20,14 @@ from fedlora.server.strategy import ClientInfo
 from procs import finish, records, start_client, start_server, tail
 
 RANK, ALPHA, LABELS = 4, 8.0, 6
+TASK = get_task("classification")
+load_base = TASK.load_base
 
 
 def _strategy(tiny_model) -> FLoRA:
     cfg = ServerConfig(model=str(tiny_model), strategy="flora", adapter={"rank": RANK, "alpha": ALPHA})
-    return FLoRA(cfg, AdaptedModel(load_base(str(tiny_model), LABELS, cfg.seed), FLoRA.adapter_spec(cfg)))
+    return FLoRA(cfg, AdaptedModel(load_base(str(tiny_model), LABELS, cfg.seed), FLoRA.adapter_spec(cfg),
+                                  TASK.peft_task_type))
 
 
 def _updates(strategy: FLoRA, seed: int) -> dict[str, torch.Tensor]:
@@ -70,7 +74,8 @@ def test_a_client_merging_the_download_holds_the_coordinators_base_bit_for_bit(t
     _round(s, 1, {"a": 2.0, "b": 3.0})
     download = s.configure(2, [ClientInfo("a", 0, 2, pb.DeviceProfile())])["a"].tensors
     assert any(n.startswith(STACK_PREFIX) for n in download)
-    client_model = AdaptedModel(load_base(str(tiny_model), LABELS, s.cfg.seed), FLoRA.adapter_spec(s.cfg))
+    client_model = AdaptedModel(load_base(str(tiny_model), LABELS, s.cfg.seed), FLoRA.adapter_spec(s.cfg),
+                                TASK.peft_task_type)
     hooks = FLoRAClient(None)  # the merge needs no run context
     rest = hooks.on_global_state(pb.Plan(), client_model, download)
     assert not any(n.startswith(STACK_PREFIX) for n in rest)

@@ -4,13 +4,18 @@ import pytest
 import torch
 
 from fedlora.common.config import AdapterConfig
-from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_base
+from fedlora.common.model import AdaptedModel, adapter_spec_from_config
+from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
+
+TASK = get_task("classification")
+load_base = TASK.load_base
 
 
 @pytest.fixture
 def lora(tiny_model):
-    return AdaptedModel(load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0))
+    return AdaptedModel(load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0),
+                        TASK.peft_task_type)
 
 
 def test_state_names_are_peft_adapter_names(lora):
@@ -22,7 +27,8 @@ def test_state_names_are_peft_adapter_names(lora):
 
 
 def test_same_seed_builds_identical_models(tiny_model, lora):
-    other = AdaptedModel(load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0))
+    other = AdaptedModel(load_base(str(tiny_model), 6, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0),
+                         TASK.peft_task_type)
     a, b = lora.state(), other.state()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -52,7 +58,7 @@ def test_load_state_changes_the_model(lora):
 def test_full_finetuning_ships_every_parameter(tiny_model):
     base = load_base(str(tiny_model), 6, 0)
     n = len(list(base.named_parameters()))
-    full = AdaptedModel(base, pb.AdapterSpec(kind="none"))
+    full = AdaptedModel(base, pb.AdapterSpec(kind="none"), TASK.peft_task_type)
     assert len(full.names()) == n
 
 
@@ -60,7 +66,7 @@ def test_per_module_ranks_override_the_default(tiny_model):
     spec = adapter_spec_from_config(AdapterConfig(rank=4), 0)
     spec.ranks["bert.encoder.layer.1.attention.self.query"] = 2
     spec.ranks["bert.encoder.layer.0.attention.self.value"] = 6
-    am = AdaptedModel(load_base(str(tiny_model), 6, 0), spec)
+    am = AdaptedModel(load_base(str(tiny_model), 6, 0), spec, TASK.peft_task_type)
     shapes = {n: s for n, (s, _) in am.shapes().items()}
     assert shapes["base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.weight"][0] == 2
     assert shapes["base_model.model.bert.encoder.layer.0.attention.self.value.lora_A.weight"][0] == 6
@@ -75,7 +81,7 @@ def test_tri_matrix_adapter_saves_as_plain_lora_with_the_same_outputs(tiny_model
 
     spec = adapter_spec_from_config(AdapterConfig(rank=4), 0)
     tuner.write_options(spec, b_init_std=0.5)
-    am = AdaptedModel(load_base(str(tiny_model), 6, 0), spec)
+    am = AdaptedModel(load_base(str(tiny_model), 6, 0), spec, TASK.peft_task_type)
     c_names = [n for n in am.names() if n.endswith(".lora_C")]
     assert len(c_names) == 4 and all(am.shapes()[n][0] == (4, 4) for n in c_names)
     g = torch.Generator().manual_seed(1)

@@ -10,8 +10,11 @@ from fedlora.methods.legend.profiling import measure_block_seconds, transformer_
 from fedlora.client.trainer import train_local
 from fedlora.common.config import AdapterConfig
 from fedlora.common.data import Dataset
-from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_base, load_tokenizer
+from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_tokenizer
+from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
+
+TASK = get_task("classification")
 
 TEXTS = ["what is the capital of france ?", "who wrote hamlet ?", "how many legs has a spider ?",
          "when did the war end ?"] * 8
@@ -19,7 +22,8 @@ TEXTS = ["what is the capital of france ?", "who wrote hamlet ?", "how many legs
 
 @pytest.fixture()
 def setup(tiny_model):
-    am = AdaptedModel(load_base(str(tiny_model), 4, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0))
+    am = AdaptedModel(TASK.load_base(str(tiny_model), 4, 0), adapter_spec_from_config(AdapterConfig(rank=4), 0),
+                      TASK.peft_task_type)
     am.set_trainable([".*"], [])
     data = Dataset(TEXTS, [i % 4 for i in range(len(TEXTS))], ["a", "b", "c", "d"])
     return am, data, load_tokenizer(str(tiny_model))
@@ -30,14 +34,14 @@ def _drift(am, data, tok, mu: float) -> float:
     t = pb.LocalTraining(epochs=6, batch_size=8, learning_rate=0.1, optimizer="sgd")
     if mu:
         t.regularisation["prox_mu"] = mu
-    train_local(am, data, tok, t, 32, 0, torch.device("cpu"))
+    train_local(am, data, tok, t, 32, 0, torch.device("cpu"), task=TASK)
     return sum(float((am.state()[n] - s).norm()) for n, s in start.items())
 
 
 def test_proximal_term_holds_the_client_near_the_global_parameters(setup, tiny_model):
     am, data, tok = setup
     free = _drift(am, data, tok, 0.0)
-    same = AdaptedModel(load_base(str(tiny_model), 4, 0), am.spec)
+    same = AdaptedModel(TASK.load_base(str(tiny_model), 4, 0), am.spec, TASK.peft_task_type)
     same.set_trainable([".*"], [])
     held = _drift(same, data, tok, 5.0)  # lr * mu = 0.5: a contraction towards the start
     assert held < 0.5 * free
@@ -47,7 +51,7 @@ def test_after_backward_sees_every_steps_gradients(setup):
     am, data, tok = setup
     seen = []
     t = pb.LocalTraining(max_steps=3, batch_size=8, learning_rate=0.01)
-    train_local(am, data, tok, t, 32, 0, torch.device("cpu"),
+    train_local(am, data, tok, t, 32, 0, torch.device("cpu"), task=TASK,
                 after_backward=lambda: seen.append(all(p.grad is not None for p in am.model.parameters()
                                                        if p.requires_grad)))
     assert seen == [True, True, True]
@@ -58,7 +62,7 @@ def test_block_profile_times_every_block_and_leaves_parameters_and_rng_alone(set
     enc = tok(TEXTS[:8], padding=True, return_tensors="pt")
     before = {n: t.clone() for n, t in am.state().items()}
     rng = torch.get_rng_state()
-    prof = measure_block_seconds(am.model, dict(enc), torch.zeros(8, dtype=torch.long))
+    prof = measure_block_seconds(am.model, dict(enc), torch.zeros(8, dtype=torch.long), TASK.loss)
     n = len(transformer_blocks(am.model))
     assert n == 2
     assert {f"fwd.{i}" for i in range(n)} | {f"bwd.{i}" for i in range(n)} <= set(prof)

@@ -12,7 +12,7 @@ import contextlib
 import torch
 
 from fedlora.common.data import Dataset
-from fedlora.common.evaluate import batches
+from fedlora.common.tasks.classification import batches
 from fedlora.common.model import REPORT_PREFIX, AdaptedModel
 
 STATS_MEAN = REPORT_PREFIX + "stats.class_mean"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 from fedlora.client.hooks import ClientHooks
-from fedlora.common.evaluate import batches
 from fedlora.common.model import AdaptedModel
 from fedlora.common.wire.stats import TransferStats
 from fedlora.methods.legend.profiling import measure_block_seconds
@@ -31,10 +30,10 @@ class LegendClient(ClientHooks):
         n = min(32, len(c.train_data))
         if n == 0:
             return {}
-        enc, labels = next(batches(c.train_data, c.tokenizer, n, c.spec.max_length, list(range(n))))
+        enc, targets = next(c.task.batches(c.train_data, c.tokenizer, n, c.spec.max_length, list(range(n))))
         am.set_trainable([".*"], [])
         out = measure_block_seconds(am.model, {k: v.to(c.device) for k, v in enc.items()},
-                                    labels.to(c.device))
+                                    targets.to(c.device), c.task.loss)
         if out:
             out["batch"] = float(n)
             log.info("one step of %d examples: %.3fs (%d blocks measured)", n, out["step"],

@@ -15,9 +15,9 @@ overhead.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,17 +35,19 @@ def _hidden(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def measure_block_seconds(model: nn.Module, enc: dict[str, torch.Tensor], labels: torch.Tensor,
+def measure_block_seconds(model: nn.Module, enc: dict[str, torch.Tensor], targets: torch.Tensor,
+                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                           repeats: int = 2) -> dict[str, float]:
     """``{"fwd.i": s, "bwd.i": s, "fixed": s, "step": s}`` per step, the fastest of ``repeats``
-    timed steps after one warm-up. Gradients are discarded; parameters are unchanged, and so
-    is the RNG (dropout draws here must not shift training's)."""
+    timed steps after one warm-up; ``loss_fn(logits, targets)`` is the task's training loss.
+    Gradients are discarded; parameters are unchanged, and so is the RNG (dropout draws here
+    must not shift training's)."""
     with torch.random.fork_rng(devices=[]):
-        return _measure(model, enc, labels, repeats)
+        return _measure(model, enc, targets, loss_fn, repeats)
 
 
-def _measure(model: nn.Module, enc: dict[str, torch.Tensor], labels: torch.Tensor,
-             repeats: int) -> dict[str, float]:
+def _measure(model: nn.Module, enc: dict[str, torch.Tensor], targets: torch.Tensor,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], repeats: int) -> dict[str, float]:
     blocks = transformer_blocks(model)
     if not blocks:
         return {}
@@ -80,7 +82,7 @@ def _measure(model: nn.Module, enc: dict[str, torch.Tensor], labels: torch.Tenso
         for rep in range(repeats + 1):
             stamps.clear()
             t0 = time.perf_counter()
-            loss = F.cross_entropy(model(**enc).logits.float(), labels)
+            loss = loss_fn(model(**enc).logits, targets)
             loss.backward()
             t1 = time.perf_counter()
             model.zero_grad(set_to_none=True)

@@ -58,7 +58,7 @@ class JoinRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter")
+    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter", "task")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class RunSpec(_message.Message):
     LABEL_NAMES_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     strategy: str
     model: str
@@ -91,7 +92,8 @@ class RunSpec(_message.Message):
     label_names: _containers.RepeatedScalarFieldContainer[str]
     config_json: str
     adapter: AdapterSpec
-    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ...) -> None: ...
+    task: str
+    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., task: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("session_id", "spec")

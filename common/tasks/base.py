@@ -1,0 +1,93 @@
+"""The task seam: everything that depends on what kind of model is trained.
+
+Generic code (the trainer, the block profiler, both apps, the adapted model) knows batches
+only as ``(inputs, targets)`` with one row per example, a loss only as a mean tensor, and an
+evaluation only as a :class:`~fedlora.common.evaluate.Score`. Which base model to load, how
+rows are read, collated and scored, and which PEFT task type the saved adapter declares is
+the task's business, so a new kind of model is a new :class:`Task`, not edits across the
+training and federation code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedlora.common.data import FederatedSplit
+from fedlora.common.evaluate import Score
+from fedlora.common.model import load_tokenizer
+
+
+class Rows(Protocol):
+    """What generic code does with a task's data: counts rows and takes subsets of them
+    (shards, local hold-outs, sampled batches); ``label_names`` is the run's class list,
+    which the coordinator announces in ``RunSpec`` (empty where the task has no classes)."""
+
+    @property
+    def label_names(self) -> list[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def subset(self, idx: list[int] | np.ndarray) -> "Rows": ...
+
+
+class Columns(Protocol):
+    """Where a data file keeps its fields: the config section that names them
+    (``DataConfig`` on the coordinator, ``ClientConfig`` on a client), passed whole so a task
+    reads the names it needs and generic code never lists them."""
+
+    text_column: str
+    label_column: str
+
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+class Task(ABC):
+    """One kind of model, from loading its base to scoring it. Instances hold no state: the
+    registry keeps one per name and every process looks its task up by the run's name."""
+
+    name: ClassVar[str]
+    peft_task_type: ClassVar[str]  # ``LoraConfig.task_type``: peft's wrapper and the saved adapter's type
+
+    def load_tokenizer(self, model: str):
+        return load_tokenizer(model)
+
+    @abstractmethod
+    def load_base(self, model: str, num_labels: int, seed: int) -> nn.Module:
+        """The base model. Weights the checkpoint lacks must be drawn from ``seed`` alone, so
+        that the coordinator and every client build bit-identical bases. ``num_labels`` is the
+        run's (``RunSpec.num_labels``; 0 where the task has no classes)."""
+
+    @abstractmethod
+    def load_file(self, path: Path, columns: Columns, label_names: Sequence[str] = ()) -> Rows:
+        """A data file as rows; with ``label_names`` (the run's), rows outside them are refused."""
+
+    @abstractmethod
+    def builtin_split(self, source: str, num_parts: int, alpha: float, test_fraction: float,
+                      seed: int) -> FederatedSplit | None:
+        """The seeded split of a built-in data set named ``source``, which every process derives
+        alike so the coordinator ships no data; ``None`` when ``source`` names none."""
+
+    @abstractmethod
+    def batches(self, data: Rows, tokenizer, batch_size: int, max_length: int,
+                order: list[int] | None = None) -> Iterator[Batch]:
+        """``(inputs, targets)`` in ``order`` (default: as stored). Every tensor's first
+        dimension is the row, so a batch can be split by row across torchrun ranks."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean training loss per row of ``targets`` (the trainer weights it by
+        ``len(targets)`` to combine batches and ranks), computed in float32."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, tokenizer, data: Rows, batch_size: int, max_length: int,
+                 device: torch.device | str) -> Score:
+        """The task's metric and mean loss on ``data``, leaving the model's train/eval mode as
+        it found it."""
