@@ -10,7 +10,7 @@ STAMP := $(VENV)/.fedlora-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast compose-test proto clean
+.PHONY: install demo test test-unit test-fast compose-test proto clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# in-process unit tests only (tests/unit mirrors the source tree; tests/e2e starts real processes)
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)

@@ -18,7 +18,7 @@ from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
 from fedlora.common.config import ClientConfig
-from fedlora.common.data import Dataset, FederatedSplit, split_local
+from fedlora.common.data import FederatedSplit, split_local
 from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task

@@ -12,7 +12,6 @@ target epsilon.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

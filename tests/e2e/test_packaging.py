@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"server": "server", "client": "client", "common": "common", "proto": "proto", "deploy": "deploy",
            "methods": "methods"}
 

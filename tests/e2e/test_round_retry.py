@@ -11,7 +11,7 @@ import torch
 
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from procs import finish, records, start_client, start_server, tail
-from test_federation import Mallory
+from mallory import Mallory
 
 
 @pytest.fixture(scope="module")
