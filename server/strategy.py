@@ -88,6 +88,20 @@ class Strategy(ABC):
         """Per-client tensors the coordinator holds at the end (personalised methods)."""
         return {}
 
+    def same_plan(self, rnd: int, clients: list[ClientInfo], tensors: dict[str, torch.Tensor],
+                  expected: dict[str, TensorSpec], freeze: tuple[str, ...] = (),
+                  upload: tuple[str, ...] = (".*",)) -> dict[str, Instruction]:
+        """One plan for every client (methods without per-client plans): train everything but
+        ``freeze``, upload ``upload``, download ``tensors`` (packed once for all)."""
+        out = {}
+        for c in clients:
+            plan = self.base_plan(rnd)
+            plan.train.append(".*")
+            plan.freeze.extend(freeze)
+            plan.upload.extend(upload)
+            out[c.id] = Instruction(plan, tensors, expected)
+        return out
+
     def base_plan(self, rnd: int) -> pb.Plan:
         """The parts of a plan every method shares: local training and the upload codec."""
         t = self.cfg.training

@@ -26,16 +26,8 @@ class FedAvg(Strategy):
         self._sum: WeightedSum | None = None
 
     def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
-        state = self.global_state()
-        expected = self.model.shapes()
-        out = {}
-        for c in clients:
-            plan = self.base_plan(rnd)
-            plan.train.append(".*")
-            plan.upload.append(".*")
-            out[c.id] = Instruction(plan, state, expected)
         self._sum = WeightedSum()
-        return out
+        return self.same_plan(rnd, clients, self.global_state(), self.model.shapes())
 
     def fold(self, rnd: int, client: ClientInfo, update: dict[str, torch.Tensor],
              weight: float) -> None:

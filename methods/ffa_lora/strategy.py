@@ -42,12 +42,5 @@ class FFALoRA(FedAvgLoRA):
     def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
         state = {n: t for n, t in self.global_state().items() if ".lora_A." not in n}
         expected = {n: s for n, s in self.model.shapes().items() if ".lora_A." not in n}
-        out = {}
-        for c in clients:
-            plan = self.base_plan(rnd)
-            plan.train.append(".*")
-            plan.freeze.append(FROZEN)
-            plan.upload.append(SHIPPED)
-            out[c.id] = Instruction(plan, state, expected)
         self._sum = WeightedSum()
-        return out
+        return self.same_plan(rnd, clients, state, expected, freeze=(FROZEN,), upload=(SHIPPED,))

@@ -64,15 +64,8 @@ class FLoRA(Strategy):
         for path, (A, B) in self.stacks.items():
             a_name, b_name = stack_names(path)
             tensors[a_name], tensors[b_name] = A, B
-        expected = self.model.shapes()
-        out = {}
-        for c in clients:
-            plan = self.base_plan(rnd)
-            plan.train.append(".*")
-            plan.upload.append(".*")
-            out[c.id] = Instruction(plan, tensors, expected)
         self._round, self._rest = [], WeightedSum()
-        return out
+        return self.same_plan(rnd, clients, tensors, self.model.shapes())
 
     def fold(self, rnd: int, client: ClientInfo, update: dict[str, torch.Tensor], weight: float) -> None:
         assert self._rest is not None, "fold before configure"
