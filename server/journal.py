@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedlora.common.config import ConfigError, ServerConfig
+from fedlora.common.files import atomic_write
 
 JOURNAL = "journal.json"
 STATE_DIR = "journal"
@@ -156,23 +156,6 @@ class Journal:
     def _write(self, entry: Entry) -> None:
         atomic_write(self.path, (json.dumps(entry.to_json(), indent=2) + "\n").encode())
         self.entry = entry
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """``path`` holds either its old content or ``data``, whenever the process or the machine
-    stops: a temp file beside it, fsynced, renamed over it, and the folder fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
