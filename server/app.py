@@ -1,5 +1,5 @@
 """The coordinator process: loads the model and test data, serves gRPC, runs the rounds,
-writes the run folder (metrics, summary, final adapter)."""
+writes the run folder (metrics, summary, final adapter, the journal it resumes from)."""
 
 from __future__ import annotations
 
