@@ -290,8 +290,9 @@ class Client:
         store = self._store("codec-" + hashlib.sha256("|".join(chain.specs()).encode()).hexdigest()[:12])
         chain.restore(store.before(rnd) or {})
         blob = pack(update, header, chain)
-        if chain.state():
-            store.save(rnd, chain.state())
+        state = chain.state()
+        if state:  # a stateless chain keeps nothing
+            store.save(rnd, state)
         return blob
 
     def _global_state(self, rnd: int, ref: pb.BlobRef):

@@ -127,3 +127,13 @@ def test_a_damaged_state_file_is_refused(tmp_path):
     journal = Journal(tmp_path)
     with pytest.raises(ConfigError, match="does not match its digest"):
         journal.state(journal.open(_cfg(tmp_path)))
+
+
+def test_the_cli_refuses_a_changed_config_in_one_line_with_exit_2(tmp_path, capsys):
+    from fedlora.deploy.cli import main
+
+    _run(tmp_path, 1)
+    code = main(["server", "--insecure", "--run-dir", str(tmp_path), "--rounds", "5", "--lr", "0.01"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.endswith("rounds (4 -> 5), training.learning_rate (0.005 -> 0.01)")
