@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -9,12 +10,12 @@ from pathlib import Path
 
 import grpc
 import torch
-from safetensors.torch import load_file, save_file
 
 from fedlora import methods
 from fedlora.client import distributed
 from fedlora.client.hooks import ClientContext, ClientHooks
 from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
+from fedlora.client.roundstate import RoundStore
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, TransferFailed
 from fedlora.common.config import ClientConfig
@@ -24,14 +25,16 @@ from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task
 from fedlora.common.netstat import InterfaceMeter
 from fedlora.common.tls import channel_credentials
-from fedlora.common.training import steps_per_round
-from fedlora.common.wire.blob import pack, unpack
+from fedlora.common.training import round_seed, steps_per_round
+from fedlora.common.wire.blob import Blob, pack, unpack
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES, REPORT_TEST_ACCURACY
 from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 log = logging.getLogger("fedlora.client")
+
+LOCAL = "local"  # the round store of the plan's keep_local tensors (<state_dir>/<id>/local/)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,7 +74,6 @@ class Client:
         self.am: AdaptedModel | None = None
         self._adapter_key = b""
         self._held: tuple[str, dict[str, torch.Tensor]] | None = None  # (digest, global tensors)
-        self._chains: dict[tuple[str, ...], Chain] = {}
         self._personal = False  # the last plan kept tensors local: this client's model is its own
         self.hooks: ClientHooks | None = None  # the run's method's client half, from its spec
 
@@ -131,8 +133,8 @@ class Client:
             am.load_state(tensors)
             am.set_trainable(list(plan.train), list(plan.freeze))
             train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                        self.spec.seed * 100_003 + plan.round, self.device, None, None, self.ctx,
-                        task=self.task)
+                        round_seed(self.spec.seed, plan.round, self.cfg.client_id), self.device, None,
+                        None, self.ctx, task=self.task)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -204,13 +206,12 @@ class Client:
         am = self._model_for(plan.adapter)
         t_round = time.perf_counter()
         global_tensors, down = self._global_state(rnd, plan.global_state)
-        local_path = self.state_dir / "local.safetensors"
         keep = set(select(am.names(), plan.keep_local)) if plan.keep_local else set()
         self._personal = bool(keep)
         global_tensors = self.hooks.on_global_state(plan, am, global_tensors)
         am.load_state({k: v for k, v in global_tensors.items() if k not in keep})
-        if keep and local_path.is_file():
-            am.load_state({k: v for k, v in load_file(str(local_path)).items() if k in keep})
+        if keep:
+            am.load_state(self._kept_before(rnd, am, keep))
         trained = am.set_trainable(list(plan.train), list(plan.freeze))
         log.info("round %d: training %d tensors on %d examples%s", rnd, len(trained), len(self.train_data),
                  "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())))
@@ -218,15 +219,15 @@ class Client:
         if self.ctx is not None:  # the other ranks train the same model on their rows
             distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                              self.spec.seed * 100_003 + rnd, self.device, ledger, after_backward, self.ctx,
-                              task=self.task)
+                              round_seed(self.spec.seed, rnd, self.cfg.client_id), self.device, ledger,
+                              after_backward, self.ctx, task=self.task)
         if ledger is not None:
             ledger.record(steps_per_round(plan.training, len(self.train_data)))
             metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,
                            dp_noise_multiplier=ledger.noise_multiplier, dp_clip_norm=ledger.clip_norm)
         if keep:
             state = am.state()
-            save_file({k: state[k].contiguous() for k in keep}, str(local_path))
+            self._store(LOCAL).save(rnd, {k: state[k] for k in keep})
         score = self.task.evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length,
                                    self.device)
         state = am.state()
@@ -238,10 +239,10 @@ class Client:
             test = self.task.evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length,
                                       self.device)
             metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
-        blob = pack(update, {"round": rnd, "client": self.cfg.client_id,
-                             "num_examples": len(self.train_data),
-                             "upload_kind": plan.upload_kind or "weights"},
-                    self._upload_chain(plan.upload_codec))
+        blob = self._pack_upload(rnd, update, {"round": rnd, "client": self.cfg.client_id,
+                                               "num_examples": len(self.train_data),
+                                               "upload_kind": plan.upload_kind or "weights"},
+                                 plan.upload_codec)
         (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
         before = self.meter.read()
         up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
@@ -266,13 +267,33 @@ class Client:
         return PrivacyLedger.open(self.state_dir / "privacy.json", t.dp, len(self.train_data),
                                   t.batch_size, steps_per_round(t, len(self.train_data)), self.spec.rounds)
 
-    def _upload_chain(self, codec: pb.Codec) -> Chain:
-        """One chain object per codec spec for the whole run: stateful stages (top-k's error
-        feedback residual) carry over from round to round."""
-        key = tuple(codec.stages)
-        if key not in self._chains:
-            self._chains[key] = Chain.parse(list(key))
-        return self._chains[key]
+    def _store(self, name: str) -> RoundStore:
+        return RoundStore(self.state_dir / name, self.spec.run_id)
+
+    def _kept_before(self, rnd: int, am: AdaptedModel, keep: set[str]) -> dict[str, torch.Tensor]:
+        """The plan's ``keep_local`` tensors as they stood before round ``rnd`` (kept by round,
+        so a redone round starts from the same ones); the first time, the adapter's own, kept
+        as round 0 before any training can change them."""
+        store = self._store(LOCAL)
+        state = store.before(rnd)
+        if state is None:
+            state = {k: v for k, v in am.state().items() if k in keep}
+            store.save(0, state)
+        return {k: v for k, v in state.items() if k in keep}
+
+    def _pack_upload(self, rnd: int, update: dict[str, torch.Tensor], header: dict[str, object],
+                     codec: pb.Codec) -> Blob:
+        """Packs the update with the plan's codec. Stateful stages (top-k's error-feedback
+        residual) carry over from round to round by round number: they start from their state
+        as of the round before ``rnd``, kept like ``keep_local``, whatever was encoded since."""
+        chain = Chain.parse(list(codec.stages))
+        store = self._store("codec-" + hashlib.sha256("|".join(chain.specs()).encode()).hexdigest()[:12])
+        chain.restore(store.before(rnd) or {})
+        blob = pack(update, header, chain)
+        state = chain.state()
+        if state:  # a stateless chain keeps nothing
+            store.save(rnd, state)
+        return blob
 
     def _global_state(self, rnd: int, ref: pb.BlobRef):
         if self._held is not None and self._held[0] == ref.digest:

@@ -56,6 +56,12 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
     """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise).
     ``task`` collates ``data`` and scores the model's logits.
 
+    Randomness: ``seed`` (the round's, :func:`fedlora.common.training.round_seed`) orders the
+    data and re-seeds torch's RNG (dropout masks), so the same seed, model state and plan give
+    the same update bit for bit, whatever the process did before. The one exception is DP-SGD:
+    its noise and its Poisson sample must not be predictable from the run seed, so with a
+    ledger both are drawn from OS entropy and a redone round trains differently.
+
     ``regularisation["prox_mu"]`` adds FedProx's ``mu/2 ||theta - theta_start||^2`` (its
     gradient, after backward); ``after_backward`` sees the gradients of every step before the
     optimizer does (e.g. gradient-based scores). With ``ctx`` (torchrun), every rank runs the same
@@ -72,7 +78,12 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
         raise ValueError("DP-SGD is not supported on a multi-process (torchrun) client")
     anchor = [p.detach().clone() for p in params] if mu > 0 else None
     opt = make_optimizer(params, t)
-    rng = np.random.default_rng(seed)
+    if ledger is None:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+    else:
+        torch.seed()  # opacus draws its noise from torch's global RNG
+        rng = np.random.default_rng()
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     forward = model
     steps = steps_per_round(t, len(data))

@@ -28,9 +28,10 @@ from fedlora.common.config import ServerConfig, Strict
 from fedlora.common.model import adapter_spec_from_config, lora_pairs
 from fedlora.methods.rules import HetLoRASum, ProductSum, WeightedSum, redistribute, scaling, truncate
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.strategy import ClientInfo, Instruction, Strategy, TensorSpec
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy, TensorSpec, split_prefixed
 
 Ranks = dict[str, int]
+PRODUCTS = "products/"  # journaled FlexLoRA products, by module path
 
 
 class RanksConfig(Strict):
@@ -82,6 +83,22 @@ class RankedLoRA(Strategy):
         self._sent: dict[str, Ranks] = {}
         self._sums: dict[str, HetLoRASum | ProductSum] = {}
         self._rest: WeightedSum | None = None
+
+    # ---------------------------------------------------------------- the journal
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The adapter state plus FlexLoRA's exact products (float64), which the adapter holds
+        only as their rank-r_max approximation: every later download is cut from them."""
+        tensors, meta = super().state()
+        tensors.update({PRODUCTS + path: dW for path, dW in self.products.items()})
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        products, rest = split_prefixed(tensors, PRODUCTS)
+        unknown = sorted(set(products) - set(self.pairs))
+        if unknown:
+            raise ValueError(f"strategy {self.name}: journaled product for unknown layer {unknown[0]!r}")
+        self.products = dict(products)
+        super().restore(rest, meta)
 
     # ---------------------------------------------------------------- for subclasses
     @abstractmethod

@@ -1,5 +1,5 @@
 """The coordinator process: loads the model and test data, serves gRPC, runs the rounds,
-writes the run folder (metrics, summary, final adapter)."""
+writes the run folder (metrics, summary, final adapter, the journal it resumes from)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.engine import Engine
+from fedlora.server.journal import Journal
 from fedlora.server.runlog import RunLog, read_records, summarize
 from fedlora.server.service import CoordinatorService
 from fedlora.common.tls import server_credentials
@@ -41,7 +42,9 @@ def serve(cfg: ServerConfig) -> int:
                    if cfg.tls.cert else None)  # read now: a missing file fails before any work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    runlog = RunLog(cfg.run_dir)
+    journal = Journal(cfg.run_dir)
+    resumed = journal.open(cfg)  # refuses a finished run or a changed config, before any write
+    runlog = RunLog(cfg.run_dir, keep=(resumed.records_bytes, resumed.records_count) if resumed else (0, 0))
     (cfg.run_dir / "config.json").write_text(dump_config(cfg) + "\n")
 
     task = get_task(cfg.task)
@@ -58,8 +61,19 @@ def serve(cfg: ServerConfig) -> int:
     model = AdaptedModel(task.load_base(cfg.model, len(dataset.label_names), cfg.seed),
                          cls.adapter_spec(cfg), task.peft_task_type).to(cfg.device)
     strategy = cls(cfg, model)
+    if resumed is not None:
+        strategy.restore(journal.state(resumed), resumed.meta)
+        runlog.write("resume", completed=resumed.completed, round=resumed.completed + 1)
+        log.info("resuming run %s in %s after round %d of %d", journal.run_id, cfg.run_dir,
+                 resumed.completed, cfg.rounds)
+    else:
+        journal.commit(0, *strategy.state(), runlog.sync())
+
+    def checkpoint(rnd: int) -> None:
+        journal.commit(rnd, *strategy.state(), runlog.sync())
+
     spec = pb.RunSpec(
-        run_id=cfg.run_dir.name, strategy=cfg.strategy, model=cfg.model, task=task.name,
+        run_id=journal.run_id, strategy=cfg.strategy, model=cfg.model, task=task.name,
         num_labels=len(dataset.label_names), rounds=cfg.rounds, seed=cfg.seed,
         num_partitions=len(entries), dirichlet_alpha=cfg.data.dirichlet_alpha,
         test_fraction=cfg.data.test_fraction,
@@ -74,7 +88,8 @@ def serve(cfg: ServerConfig) -> int:
         return task.evaluate(model.model, tokenizer, test, cfg.eval_batch_size, cfg.data.max_length,
                              cfg.device)
 
-    engine = Engine(cfg, strategy, spec, runlog, score)
+    engine = Engine(cfg, strategy, spec, runlog, score,
+                    completed=resumed.completed if resumed else 0, checkpoint=checkpoint)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * len(entries) + 16),
                          options=grpc_options())
     pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine), server)
@@ -132,6 +147,8 @@ def serve(cfg: ServerConfig) -> int:
         "elapsed_seconds": round(time.time() - t0, 3), "label_names": dataset.label_names,
     })
     runlog.write_json("summary.json", summary)
+    if not code and engine.completed >= cfg.rounds:
+        journal.finish()
     _release_clients(engine, grace_s=10.0)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

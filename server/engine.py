@@ -38,7 +38,10 @@ log = logging.getLogger("fedlora.server")
 
 class Engine:
     def __init__(self, cfg: ServerConfig, strategy: Strategy, spec: pb.RunSpec, runlog: RunLog,
-                 evaluate_fn: Callable[[], Score]):
+                 evaluate_fn: Callable[[], Score], completed: int = 0,
+                 checkpoint: Callable[[int], None] | None = None):
+        """``completed``: rounds a resumed run already has (the loop goes on after them);
+        ``checkpoint(rnd)`` makes an aggregated round durable before the next one opens."""
         self.cfg = cfg
         self.strategy = strategy
         self.spec = spec
@@ -48,7 +51,8 @@ class Engine:
         self.sessions = Sessions(cfg.client_entries(), spec, runlog, self.cond)
         self.transfers = Transfers()
         self.current: Round | None = None
-        self.completed = 0
+        self.completed = completed
+        self.checkpoint = checkpoint
         self.done = False
         self.error = ""
         self.down_chain = Chain.parse(cfg.codec.download)
@@ -175,16 +179,19 @@ class Engine:
     def run(self) -> int:
         """Runs every round; returns a process exit code."""
         try:
+            if self.completed >= self.cfg.rounds:  # resumed after the last round's commit
+                return self._stop("")
             ready = self._wait_for_clients(len(self.sessions))
             if self.done:
                 return 1
             if not ready:
                 return self._stop(f"only {len(self.sessions.ready())} of {self.cfg.min_clients} "
                                   f"required clients joined within {self.cfg.join_timeout_s:g}s")
-            score = self.evaluate_fn()
-            records.write_initial(self.log, score)
-            log.info("round 0 (initial model): test accuracy %.4f", score.accuracy)
-            for rnd in range(1, self.cfg.rounds + 1):
+            if self.completed == 0:
+                score = self.evaluate_fn()
+                records.write_initial(self.log, score)
+                log.info("round 0 (initial model): test accuracy %.4f", score.accuracy)
+            for rnd in range(self.completed + 1, self.cfg.rounds + 1):
                 for attempt in range(self.cfg.round_retries + 1):
                     if len(self.sessions.ready()) < self.cfg.min_clients and not self._wait_for_clients(
                             self.cfg.min_clients):
@@ -245,6 +252,9 @@ class Engine:
         rec = records.write_round(self.log, r, clients, missing, score, seconds, evaluated_by,
                                   up, down, metrics)
         self.completed = rnd
+        if self.checkpoint is not None:
+            with self.cond:  # no round is open: nothing folds into the strategy meanwhile
+                self.checkpoint(rnd)
         log.info("round %d: %d/%d updates, test accuracy %.4f, loss %.4f, up %.2f MB, down %.2f MB, %.1fs",
                  rnd, accepted, len(r.instructions), score.accuracy, score.loss, rec["up_mb"],
                  rec["down_mb"], seconds)

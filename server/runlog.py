@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import defaultdict
@@ -13,12 +14,19 @@ LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes", "iface_bytes")
 
 
 class RunLog:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, keep: tuple[int, int] | None = None):
+        """Appends to ``metrics.jsonl``; with ``keep`` (bytes, records), the file is first cut
+        back to that prefix: a resumed run drops what the crashed one wrote after its last
+        journaled round (server/journal.py), so no round is recorded twice."""
         self.dir = run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         self._lock = threading.Lock()
         self._f = self.metrics_path.open("a", encoding="utf-8")
+        self.count = 0
+        if keep is not None:
+            self._f.truncate(keep[0])
+            self.count = keep[1]
         self.t0 = time.time()
 
     def write(self, record_type: str, **fields: Any) -> dict[str, Any]:
@@ -26,7 +34,15 @@ class RunLog:
         with self._lock:
             self._f.write(json.dumps(rec, default=_jsonable) + "\n")
             self._f.flush()
+            self.count += 1
         return rec
+
+    def sync(self) -> tuple[int, int]:
+        """Makes every record so far durable; returns (bytes, records) of the file."""
+        with self._lock:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            return os.fstat(self._f.fileno()).st_size, self.count
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.dir / name
@@ -71,6 +87,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     last = rounds[-1] if rounds else {}
     return {
         "rounds_completed": len(rounds),
+        "resumes": sum(1 for r in records if r["type"] == "resume"),
         "initial_accuracy": initial.get("test_accuracy"),
         "final_accuracy": last.get("test_accuracy"),
         "final_loss": last.get("test_loss"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -39,6 +39,14 @@ class Instruction:
     plan: pb.Plan
     tensors: dict[str, torch.Tensor]
     expected: dict[str, TensorSpec] = field(default_factory=dict)
+
+
+def split_prefixed(tensors: dict[str, torch.Tensor],
+                   prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the tensors named ``prefix...``, with the prefix taken off; the others): how a
+    strategy's :meth:`Strategy.restore` takes its own tensors out of its journaled state."""
+    own = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
+    return own, {n: t for n, t in tensors.items() if not n.startswith(prefix)}
 
 
 class Strategy(ABC):
@@ -79,6 +87,20 @@ class Strategy(ABC):
 
     def global_state(self) -> dict[str, torch.Tensor]:
         return self.model.state()
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything this strategy needs to go on after a committed round, for the run's
+        journal (server/journal.py): tensors (saved as safetensors) and JSON-able values.
+        Called between rounds only. The default is the model's adapter state, which is the
+        whole global state of a method that keeps nothing else; a method that keeps more across
+        rounds extends both this and :meth:`restore`, under names of its own (adapter names
+        start with ``base_model.``)."""
+        return self.model.state(), {}
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Puts a freshly built strategy back where :meth:`state` was taken, so that its next
+        round (plans and aggregate) is the one the original would have played."""
+        self.model.load_state(tensors)
 
     def save_adapter(self, folder: Path) -> None:
         """Writes the final global model as a standard PEFT adapter (or HF model) folder."""

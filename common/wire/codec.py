@@ -80,6 +80,15 @@ class Stage(ABC):
     def spec(self) -> str:
         return self.name
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What this stage carries from one encode to the next, by tensor name (none for a
+        stateless stage): the client keeps it by round, so a redone round starts from the
+        state before it (client/roundstate.py)."""
+        return {}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Sets the carried state; an empty dict is the stage as new."""
+
     @classmethod
     def from_arg(cls, arg: str) -> "Stage":
         if arg:
@@ -216,8 +225,9 @@ class Int8(Stage):
 class TopK(Stage):
     """Keeps the k largest-magnitude entries of each tensor (k = ``fraction`` x numel, at least 1).
 
-    With error feedback (on by default; the client's chain object lives across rounds), what a
-    round leaves out is added to the same tensor next round, so nothing is lost, only delayed:
+    With error feedback (on by default; the client keeps the residual by round, see
+    :meth:`Stage.state`), what a round leaves out is added to the same tensor next round, so
+    nothing is lost, only delayed:
     sum of sent = sum of inputs - final residual, exactly. Error bound of one encode: every
     dropped entry is at most the k-th largest magnitude; kept entries are exact.
     """
@@ -238,6 +248,12 @@ class TopK(Stage):
 
     def spec(self) -> str:
         return f"topk:{self.fraction:g}"
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return dict(self.residual)
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        self.residual = dict(state)
 
     def encode(self, name: str, t: torch.Tensor) -> tuple[Parts, dict[str, Any]]:
         if not t.is_floating_point() or t.numel() == 0:
@@ -309,6 +325,15 @@ class Chain:
 
     def specs(self) -> list[str]:
         return [s.spec() for s in self.stages]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every stage's carried state, named ``<stage index>/<tensor name>``."""
+        return {f"{i}/{n}": t for i, stage in enumerate(self.stages) for n, t in stage.state().items()}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Sets every stage's carried state from :meth:`state`'s output (missing: as new)."""
+        for i, stage in enumerate(self.stages):
+            stage.restore({n.split("/", 1)[1]: t for n, t in state.items() if n.split("/", 1)[0] == str(i)})
 
     def encode(self, tensors: dict[str, torch.Tensor]) -> tuple[Parts, str, list[int]]:
         """Encodes every tensor; returns the wire tensors, the description decode needs, and

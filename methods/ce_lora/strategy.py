@@ -18,7 +18,7 @@ since the coordinator holds none of their A, B or heads; see docs/methods.md.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,9 +29,10 @@ from fedlora.methods.ce_lora.config import StatsOptions
 from fedlora.methods.ce_lora.stats import STATS_COUNT, STATS_MEAN
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.common.wire.protocol import REPORT_TEST_ACCURACY
-from fedlora.server.strategy import ClientInfo, Instruction, Strategy
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy, split_prefixed
 
 C_NAME = r"\.lora_C$"
+PERSONAL = "personal/"  # journaled personal Cs: personal/<client id>/<C name>
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -152,3 +153,21 @@ class CELoRA(Strategy):
 
     def personal_state(self) -> dict[str, dict[str, torch.Tensor]]:
         return self.personal
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The mean C (the adapter state) and every client's personal C, which is what its
+        next download is; the class statistics live within one round. A, B and the heads
+        are the clients' (their round-keyed state folders, client/roundstate.py)."""
+        tensors, meta = super().state()
+        for cid, cs in self.personal.items():
+            tensors.update({f"{PERSONAL}{cid}/{name}": t for name, t in cs.items()})
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        own, rest = split_prefixed(tensors, PERSONAL)
+        personal: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in own.items():
+            cid, name = key.split("/", 1)  # ids are [A-Za-z0-9_.-]+: no slash
+            personal.setdefault(cid, {})[name] = t
+        super().restore(rest, meta)
+        self.personal = personal

@@ -26,7 +26,10 @@ from fedlora.common.model import adapter_spec_from_config, lora_pairs, seeded_lo
 from fedlora.methods.flora.merge import BaseMerger, stack_names
 from fedlora.methods.rules import WeightedSum, scaling
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.strategy import ClientInfo, Instruction, Strategy
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy, split_prefixed
+
+
+STACKS = "stacks/"  # journaled stacks: stacks/<module path>/A and /B
 
 
 class FLoRA(Strategy):
@@ -46,7 +49,9 @@ class FLoRA(Strategy):
         self.merger = BaseMerger(model)
         self.stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # path -> (A, B), scaling 1
         self._fresh(0)
-        self._round: list[tuple[dict[str, torch.Tensor], float]] = []
+        # client id -> (its LoRA factors, weight); stacked in client-id order, not arrival
+        # order, so a redone round (retry, resume) stacks the same rows in the same place
+        self._round: dict[str, tuple[dict[str, torch.Tensor], float]] = {}
         self._rest: WeightedSum | None = None
 
     def _fresh(self, rnd: int) -> None:
@@ -64,35 +69,55 @@ class FLoRA(Strategy):
         for path, (A, B) in self.stacks.items():
             a_name, b_name = stack_names(path)
             tensors[a_name], tensors[b_name] = A, B
-        self._round, self._rest = [], WeightedSum()
+        self._round, self._rest = {}, WeightedSum()
         return self.same_plan(rnd, clients, tensors, self.model.shapes())
 
     def fold(self, rnd: int, client: ClientInfo, update: dict[str, torch.Tensor], weight: float) -> None:
         assert self._rest is not None, "fold before configure"
         lora = {n: update[n] for ab in self.pairs.values() for n in ab}
-        self._round.append((lora, weight))  # the stack needs every client's factors
+        self._round[client.id] = (lora, weight)  # the stack needs every client's factors
         self._rest.add({n: update[n] for n in self.others}, weight)
 
     def aggregate(self, rnd: int) -> dict[str, Any]:
         assert self._round and self._rest is not None, "aggregate with no updates"
-        total = sum(w for _, w in self._round)
+        factors = [self._round[cid] for cid in sorted(self._round)]
+        total = sum(w for _, w in factors)
         alpha = self.cfg.adapter.alpha
         for path, (a_name, b_name) in self.pairs.items():
             new_a = [(w / total) * scaling(alpha, f[a_name].shape[0]) * f[a_name].double()
-                     for f, w in self._round]
-            new_b = [f[b_name].double() for f, _ in self._round]
+                     for f, w in factors]
+            new_b = [f[b_name].double() for f, _ in factors]
             A, B = stacked(self.stacks.get(path), new_a, new_b)
             self.stacks[path] = (A, B)
         self.merger.set(self.stacks)
         self.model.load_state(self._rest.mean())
         self._fresh(rnd)
         n = len(self._round)
-        self._round, self._rest = [], None
+        self._round, self._rest = {}, None
         ranks = {A.shape[0] for A, _ in self.stacks.values()}
         return {"aggregated": float(n), "stack_rank": float(max(ranks))}
 
     def discard(self, rnd: int) -> None:
-        self._round, self._rest = [], None
+        self._round, self._rest = {}, None
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The adapter (next round's fresh LoRA and the averaged modules to save) and the
+        stacks; the merged base weights are not saved: :meth:`restore` rebuilds them from W0
+        and the stacks with the same :class:`BaseMerger` every round uses."""
+        tensors, meta = super().state()
+        for path, (A, B) in self.stacks.items():
+            tensors[f"{STACKS}{path}/A"], tensors[f"{STACKS}{path}/B"] = A, B
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        own, rest = split_prefixed(tensors, STACKS)
+        paths = {name.rsplit("/", 1)[0] for name in own}
+        unknown = sorted(paths - set(self.pairs))
+        if unknown:
+            raise ValueError(f"strategy flora: journaled stack for unknown layer {unknown[0]!r}")
+        self.stacks = {path: (own[f"{path}/A"], own[f"{path}/B"]) for path in sorted(paths)}
+        self.merger.set(self.stacks)
+        super().restore(rest, meta)
 
     def save_adapter(self, folder: Path) -> None:
         """The stack as a standard PEFT LoRA adapter: rank R, alpha R (scaling 1)."""

@@ -9,6 +9,11 @@ aggregated over the clients that trained them, mixed ranks with the HetLoRA or F
 (``ranks.rule``). The predicted time of every client is logged with the round (and the
 uniform plan's, for comparison); each client's measured ``round_seconds`` sits beside it in
 its own record, so the planner's error is visible (``fedlora report``, bench/heterogeneous.py).
+
+Journal (resume after a coordinator restart): the planner keeps nothing from round to round
+(``assignments`` and ``baseline`` are the current round's), so LEGEND's journaled state is
+RankedLoRA's (adapter and FlexLoRA products). Its input is re-measured instead: each client's
+profile arrives again when it rejoins the restarted coordinator and with every round's report.
 """
 
 from __future__ import annotations

@@ -43,6 +43,21 @@ class SAFedLoRA(RankedLoRA):
         self._importance: dict[str, torch.Tensor] = {}
         self._weight = 0.0
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Besides the adapter (held at r_max, zero-padded): the ranks that survived the
+        annealing so far, which the zero padding alone cannot tell apart from zero triplets.
+        The schedule is config, and the importances live within one round."""
+        tensors, meta = super().state()
+        meta["layer_ranks"] = dict(self.layer_ranks)
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        ranks = meta.get("layer_ranks", {})
+        if set(ranks) != set(self.pairs):
+            raise ValueError("strategy sa-fedlora: the journaled layer ranks do not name this adapter's layers")
+        super().restore(tensors, meta)
+        self.layer_ranks = {path: int(r) for path, r in ranks.items()}
+
     def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
         return {c.id: dict(self.layer_ranks) for c in clients}
 

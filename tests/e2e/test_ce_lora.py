@@ -66,7 +66,9 @@ def test_each_client_receives_its_weighted_sum_of_cs(ce_run):
 
 def test_a_and_b_stay_on_the_client_and_persist(ce_run):
     run_dir, _ = ce_run
-    local = {c: load_file(str(run_dir / "state" / c / "local.safetensors")) for c in CLIENTS}
+    # kept by round (client/roundstate.py): the newest is the state after the last round
+    local = {c: load_file(str(sorted((run_dir / "state" / c / "local").glob("round-*.safetensors"))[-1]))
+             for c in CLIENTS}
     for tensors in local.values():
         assert any(".lora_A." in n for n in tensors) and any(".lora_B." in n for n in tensors)
         assert any(".classifier." in n for n in tensors)

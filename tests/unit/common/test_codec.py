@@ -135,6 +135,25 @@ def test_topk_error_feedback_loses_nothing_over_rounds():
     torch.testing.assert_close(sent + residual, sum(inputs), rtol=0, atol=1e-5)
 
 
+def test_a_chain_restored_from_its_state_encodes_as_the_original():
+    """The carried state (top-k's residual) is all a chain needs to go on: a client keeps it by
+    round and restores it into a fresh chain when a round is played (again)."""
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(30, 20, generator=g), torch.randn(30, 20, generator=g)
+    original = Chain.parse(["topk:0.1", "zstd:3"])
+    original.encode({"w": x1})
+    state = original.state()
+    assert list(state) == ["0/w"] and Chain.parse(["zstd:3"]).state() == {}
+    restored = Chain.parse(["topk:0.1", "zstd:3"])
+    restored.restore(state)
+    a, meta_a, _ = original.encode({"w": x2})
+    b, meta_b, _ = restored.encode({"w": x2})
+    assert meta_a == meta_b and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = Chain.parse(["topk:0.1", "zstd:3"])
+    c, _, _ = fresh.encode({"w": x2})
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # without it, round 2 would differ
+
+
 @pytest.mark.parametrize("specs", [["topk:0.1", "int8:64", "zstd:3"], ["fp16", "zstd"], ["int8", "zstd:1"]])
 def test_typical_chains_shrink_the_payload_and_name_each_stage(specs):
     t = torch.randn(256, 256)
