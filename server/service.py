@@ -3,7 +3,8 @@ map refusals to statuses, and count the serialized size of every message where t
 handled.
 
 An upload is admitted by the engine once, on its first message; its chunks go to the transfers
-only, and the engine gets the one verified blob they put together."""
+only, and the engine gets the one verified blob they put together. Every call, chunk and
+heartbeat marks its client as heard (:mod:`.sessions`)."""
 
 from __future__ import annotations
 
@@ -61,16 +62,26 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                          f"certificate is for {cn!r}, not for client {request.client_id!r}"),
                         f"join of {request.client_id!r}")
         try:
-            return self.sessions.join(request.client_id, request.token, request.profile)
+            return self.sessions.join(request.client_id, request.token, request.profile,
+                                      request.instance)
         except Refused as e:
             self._abort(context, e, f"join of {request.client_id!r}")
 
     def GetTask(self, request: pb.TaskRequest, context) -> pb.Task:
         self._bound(context, request.session_id)
         try:
-            return self.engine.task(request.session_id, request.last_round, request.wait_seconds)
+            return self.engine.task(request.session_id, request.last_round, request.wait_seconds,
+                                    context.is_active)
         except Refused as e:
             self._abort(context, e, "task")
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatReply:
+        self._bound(context, request.session_id)
+        try:
+            self.sessions.check_session(request.session_id)  # marks the client as heard
+        except Refused as e:
+            self._abort(context, e, "heartbeat")
+        return pb.HeartbeatReply()
 
     def Download(self, request: pb.DownloadRequest, context):
         self._bound(context, request.session_id)
@@ -92,6 +103,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                blob_digest=blob.digest)
                 grpc_bytes += msg.ByteSize()
                 sent += len(data)
+                self.sessions.heard(cid)
                 yield msg
         finally:
             self.transfers.sent(cid, request.round, blob, sent, grpc_bytes,
@@ -118,6 +130,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
             while msg is not None:
                 grpc_bytes += msg.ByteSize()
                 received += len(msg.data)
+                self.sessions.heard(cid)
                 if msg.data or msg.offset:
                     self.transfers.add(part, msg.offset, msg.data, msg.digest)
                 msg = next(request_iterator, None)
