@@ -17,7 +17,7 @@ from fedlora.client.hooks import ClientContext, ClientHooks
 from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
 from fedlora.client.roundstate import RoundStore
 from fedlora.client.trainer import train_local
-from fedlora.client.transport import Connection, TransferFailed
+from fedlora.client.transport import Connection, CoordinatorError, CoordinatorLost, TransferFailed
 from fedlora.common.config import ClientConfig
 from fedlora.common.data import FederatedSplit, split_local
 from fedlora.common.model import AdaptedModel, select
@@ -69,7 +69,9 @@ class Client:
         if cfg.insecure:
             log.warning("connecting in PLAINTEXT (--insecure): the token and updates cross unencrypted")
         creds = None if cfg.insecure else channel_credentials(cfg.ca_cert, cfg.cert, cfg.key)
-        self.conn = Connection(cfg.server, cfg.no_progress_timeout_s, creds)
+        self.conn = Connection(cfg.server, creds, no_progress_timeout_s=cfg.no_progress_timeout_s,
+                               coordinator_timeout_s=cfg.coordinator_timeout_s,
+                               connect_timeout_s=cfg.connect_timeout_s)
         self.meter = InterfaceMeter(cfg.server)
         self.am: AdaptedModel | None = None
         self._adapter_key = b""
@@ -139,8 +141,8 @@ class Client:
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         cfg = self.cfg
-        reply = self.conn.join(cfg.client_id, cfg.token, device_profile(self.device, 0),
-                               cfg.connect_timeout_s)
+        reply = self.conn.join(cfg.client_id, cfg.token, device_profile(self.device, 0))
+        self.conn.start_heartbeat()
         self.spec = reply.spec
         if self.ctx is not None:
             distributed.send("spec", {}, {"spec": self.spec.SerializeToString()})
@@ -158,22 +160,11 @@ class Client:
             log.info("link probe: up %.2f Mbit/s, down %.2f Mbit/s", up * 8e-6, down * 8e-6)
         log.info("interface bytes: %s", self.meter.interface if self.meter.available else
                  f"not available ({self.meter.reason})")
-        self.conn.report(0, {"num_examples": float(len(self.train_data))}, profile)
+        self.conn.report(0, {"num_examples": float(len(self.train_data))}, profile)  # rejoins send it too
         log.info("%d training and %d local evaluation examples", len(self.train_data), len(self.eval_data))
         last = 0
         while True:
-            try:
-                task = self.conn.task(last)
-            except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    log.warning("coordinator unavailable; retrying")
-                    time.sleep(1.0)
-                    continue
-                if e.code() == grpc.StatusCode.UNAUTHENTICATED:  # coordinator restarted: rejoin
-                    self.conn.join(cfg.client_id, cfg.token, device_profile(self.device, len(self.train_data)),
-                                   cfg.connect_timeout_s)
-                    continue
-                raise
+            task = self.conn.task(last)  # retried, and rejoined, until coordinator_timeout_s
             if task.kind == pb.Task.DONE:
                 log.info("run finished: %s", task.message)
                 if self.ctx is not None:
@@ -315,11 +306,14 @@ def run_client(cfg: ClientConfig) -> int:
         return client.follow()
     try:
         return client.run()
-    except TransferFailed as e:
+    except CoordinatorLost as e:
+        log.error("%s", e)
+        return 3
+    except CoordinatorError as e:  # CallRefused, or a transfer outside a round (the link probe)
         log.error("%s", e)
         return 2
     except grpc.RpcError as e:
-        log.error("the coordinator refused: %s: %s", e.code().name, e.details())
+        log.error("gRPC call failed: %s: %s", e.code().name, e.details())
         return 2
     finally:
         client.conn.close()

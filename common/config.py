@@ -134,6 +134,11 @@ class ServerConfig(Strict):
     deadline_s: float = Field(600.0, gt=0)
     join_timeout_s: float = Field(600.0, gt=0)
     round_retries: int = Field(1, ge=0)
+    client_timeout_s: float = Field(
+        120.0, ge=1.0,
+        description="a client silent this long (no call, no heartbeat) is given up: not waited "
+                    "for in its round, not planned until it joins again, and its id is free for "
+                    "a new process")
     seed: int = 0
     chunk_bytes: int = Field(DEFAULT_CHUNK_BYTES, ge=MIN_CHUNK_BYTES, le=MAX_CHUNK_BYTES)
     max_upload_factor: float = Field(
@@ -229,7 +234,11 @@ class ClientConfig(Strict):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N'")
     local_eval_fraction: float = Field(0.1, ge=0, lt=1)
     no_progress_timeout_s: float = Field(120.0, gt=0)
-    connect_timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(120.0, gt=0, description="first join: how long to wait for the coordinator to come up")
+    coordinator_timeout_s: float = Field(
+        600.0, ge=1.0,
+        description="after joining: give up (exit 3) when the coordinator has not answered for "
+                    "this long; until then it is retried with backoff and rejoined")
     probe_bytes: int = Field(256 << 10, ge=0, le=256 << 20,
                              description="link probe size each way at join; 0 = no probe")
 

@@ -23,9 +23,11 @@ from fedlora.common.errors import Refused, Status
 from fedlora.common.evaluate import Score
 from fedlora.common.wire.blob import Blob
 from fedlora.common.wire.codec import Chain
+from fedlora.common.wire.protocol import LONG_POLL_MAX_S
 from fedlora.common.wire.stats import tensor_bytes
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server import records
+from fedlora.server.liveness import SWEEP_S, AwakeClock
 from fedlora.server.rounds import Round, plan_round, require_open
 from fedlora.server.runlog import RunLog
 from fedlora.server.sessions import Sessions
@@ -48,7 +50,9 @@ class Engine:
         self.log = runlog
         self.evaluate_fn = evaluate_fn  # the strategy's global model on the test split
         self.cond = threading.Condition()  # re-entrant: the sessions take it too
-        self.sessions = Sessions(cfg.client_entries(), spec, runlog, self.cond)
+        self.clock = AwakeClock()
+        self.sessions = Sessions(cfg.client_entries(), spec, runlog, self.cond,
+                                 cfg.client_timeout_s, self.clock)
         self.transfers = Transfers()
         self.current: Round | None = None
         self.completed = completed
@@ -60,9 +64,13 @@ class Engine:
         self.turned_away: set[str] = set()
 
     # ----------------------------------------------------------------- client-facing calls
-    def task(self, session: str, last_round: int, wait_s: float) -> pb.Task:
-        """Long poll: a plan as soon as the client has one, DONE at the end, else WAIT."""
-        end = time.time() + max(0.0, min(wait_s, 60.0))
+    def task(self, session: str, last_round: int, wait_s: float,
+             connected: Callable[[], bool] = lambda: True) -> pb.Task:
+        """Long poll: a plan as soon as the client has one, DONE at the end, else WAIT. While
+        the call is held and ``connected``, the client counts as heard (checked every
+        ``SWEEP_S``), so a long poll never makes a client look silent, and a client that hung
+        up stops counting at once."""
+        end = time.time() + max(0.0, min(wait_s, LONG_POLL_MAX_S))
         with self.cond:
             while True:
                 cid = self.sessions.check_session(session)
@@ -70,13 +78,13 @@ class Engine:
                     return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete")
                 r = self.current
                 if (r is not None and r.open and cid in r.instructions
-                        and cid not in r.accepted and cid not in r.refused):
+                        and cid not in r.accepted and cid not in r.refused and cid not in r.lost):
                     return pb.Task(kind=pb.Task.TRAIN, round=r.number,
                                    plan=r.instructions[cid].plan)
                 left = end - time.time()
-                if left <= 0:
+                if left <= 0 or not connected():
                     return pb.Task(kind=pb.Task.WAIT, retry_after_ms=200)
-                self.cond.wait(left)
+                self.cond.wait(min(left, SWEEP_S))
 
     def download_blob(self, session: str, rnd: int) -> tuple[str, Blob]:
         """The client's id and the global state it downloads in round ``rnd``."""
@@ -166,7 +174,8 @@ class Engine:
                 left = end - time.time()
                 if left <= 0:
                     return len(self.sessions.ready()) >= self.cfg.min_clients
-                self.cond.wait(min(left, 1.0))
+                self.cond.wait(min(left, SWEEP_S))
+                self.sessions.expire()
         return True
 
     def _sample(self, rnd: int, attempt: int) -> list[ClientInfo]:
@@ -178,6 +187,7 @@ class Engine:
 
     def run(self) -> int:
         """Runs every round; returns a process exit code."""
+        self.clock.start()
         try:
             if self.completed >= self.cfg.rounds:  # resumed after the last round's commit
                 return self._stop("")
@@ -210,6 +220,8 @@ class Engine:
         except Exception as e:  # the run must end with a record and released clients
             log.exception("engine failed")
             return self._stop(f"coordinator error: {e}")
+        finally:
+            self.clock.stop()
 
     def _play_round(self, rnd: int, attempt: int) -> bool:
         r = plan_round(self.strategy, self.cfg, self.down_chain, rnd, attempt,
@@ -222,8 +234,9 @@ class Engine:
                        clients=sorted(r.instructions))
         log.info("round %d (attempt %d): %d clients planned", rnd, attempt + 1, len(r.instructions))
         with self.cond:
-            self.cond.wait_for(lambda: r.settled() or self.done,
-                               timeout=max(0.0, r.deadline - time.time()))
+            while not (r.settled() or self.done) and time.time() < r.deadline:
+                self.cond.wait(min(max(0.0, r.deadline - time.time()), SWEEP_S))
+                self._give_up_silent(r)
             r.open = False
             accepted = len(r.accepted)
             if self.done:  # stopped from outside (signal): nothing is aggregated
@@ -259,6 +272,19 @@ class Engine:
                  rnd, accepted, len(r.instructions), score.accuracy, score.loss, rec["up_mb"],
                  rec["down_mb"], seconds)
         return True
+
+    def _give_up_silent(self, r: Round) -> None:
+        """Planned clients gone silent (or whose session ended) are not waited for: the round
+        settles with the others, and they are not planned again until they join again."""
+        silent = dict(self.sessions.expire())
+        for cid in r.instructions:
+            if r.finished(cid) or self.sessions.clients[cid].session:
+                continue
+            why = (f"no call or heartbeat for {silent[cid]:.0f}s" if cid in silent
+                   else "its session ended")
+            r.lost[cid] = why
+            self.transfers.drop(cid, r.number)
+            log.warning("round %d: %s given up (missing): %s", r.number, cid, why)
 
     def stop(self, reason: str) -> None:
         """Ends the run from outside (a signal): the current round is discarded."""

@@ -40,7 +40,7 @@ def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
         down_d["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
         out.append(runlog.write(
             "client", round=r.number, attempt=r.attempt, client=cid, status=status,
-            reason=r.refused.get(cid), weight=r.accepted.get(cid), up=up_d, down=down_d,
+            reason=r.refused.get(cid) or r.lost.get(cid), weight=r.accepted.get(cid), up=up_d, down=down_d,
             train_loss=rep.get("train_loss"), local_accuracy=rep.get("local_accuracy"),
             metrics=rep))
     return out

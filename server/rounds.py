@@ -33,12 +33,18 @@ class Round:
     open: bool = True
     accepted: dict[str, float] = field(default_factory=dict)   # client -> weight
     refused: dict[str, str] = field(default_factory=dict)      # final refusals, client -> why
+    lost: dict[str, str] = field(default_factory=dict)         # given up (silent), client -> why
     reports: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def finished(self, cid: str) -> bool:
+        """Nothing more is awaited from ``cid`` this round: refused, given up, or accepted with
+        its report in."""
+        return (cid in self.refused or cid in self.lost
+                or (cid in self.accepted and cid in self.reports))
+
     def settled(self) -> bool:
-        """Every planned client is done: refused, or accepted and its report is in."""
-        return all(c in self.refused or (c in self.accepted and c in self.reports)
-                   for c in self.instructions)
+        """Every planned client is finished."""
+        return all(self.finished(c) for c in self.instructions)
 
 
 def plan_round(strategy: Strategy, cfg: ServerConfig, down_chain: Chain, rnd: int, attempt: int,

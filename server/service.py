@@ -3,7 +3,9 @@ map refusals to statuses, and count the serialized size of every message where t
 handled.
 
 An upload is admitted by the engine once, on its first message; its chunks go to the transfers
-only, and the engine gets the one verified blob they put together."""
+only, and the engine gets the one verified blob they put together, as soon as its last byte is
+acknowledged (or, if that call broke first, on the next UploadStatus). Every call, chunk and
+heartbeat marks its client as heard (:mod:`.sessions`)."""
 
 from __future__ import annotations
 
@@ -61,16 +63,26 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                          f"certificate is for {cn!r}, not for client {request.client_id!r}"),
                         f"join of {request.client_id!r}")
         try:
-            return self.sessions.join(request.client_id, request.token, request.profile)
+            return self.sessions.join(request.client_id, request.token, request.profile,
+                                      request.instance)
         except Refused as e:
             self._abort(context, e, f"join of {request.client_id!r}")
 
     def GetTask(self, request: pb.TaskRequest, context) -> pb.Task:
         self._bound(context, request.session_id)
         try:
-            return self.engine.task(request.session_id, request.last_round, request.wait_seconds)
+            return self.engine.task(request.session_id, request.last_round, request.wait_seconds,
+                                    context.is_active)
         except Refused as e:
             self._abort(context, e, "task")
+
+    def Heartbeat(self, request: pb.HeartbeatRequest, context) -> pb.HeartbeatReply:
+        self._bound(context, request.session_id)
+        try:
+            self.sessions.check_session(request.session_id)  # marks the client as heard
+        except Refused as e:
+            self._abort(context, e, "heartbeat")
+        return pb.HeartbeatReply()
 
     def Download(self, request: pb.DownloadRequest, context):
         self._bound(context, request.session_id)
@@ -92,6 +104,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                blob_digest=blob.digest)
                 grpc_bytes += msg.ByteSize()
                 sent += len(data)
+                self.sessions.heard(cid)
                 yield msg
         finally:
             self.transfers.sent(cid, request.round, blob, sent, grpc_bytes,
@@ -118,15 +131,19 @@ class CoordinatorService(pbg.CoordinatorServicer):
             while msg is not None:
                 grpc_bytes += msg.ByteSize()
                 received += len(msg.data)
+                self.sessions.heard(cid)
                 if msg.data or msg.offset:
                     self.transfers.add(part, msg.offset, msg.data, msg.digest)
-                msg = next(request_iterator, None)
-            if not part.complete:
-                reply = pb.UploadReply(received=part.acked, complete=False,
-                                       message=f"{part.acked} of {part.total_size} bytes held")
-            else:
-                self.engine.submit(cid, rnd, self.transfers.verified(part))
-                reply = pb.UploadReply(received=part.acked, complete=True, message="accepted")
+                    if part.complete:  # now, not at the close: the stream may break first
+                        self._hand_over(cid, rnd)
+                try:
+                    msg = next(request_iterator, None)
+                except grpc.RpcError:  # the client hung up: nobody to reply to
+                    return pb.UploadReply()
+            status = self.transfers.status(cid, rnd)
+            reply = pb.UploadReply(received=part.acked, complete=status.complete,
+                                   message="accepted" if status.complete else
+                                   f"{part.acked} of {part.total_size} bytes held")
             grpc_bytes += reply.ByteSize()
             return reply
         except Refused as e:
@@ -134,10 +151,25 @@ class CoordinatorService(pbg.CoordinatorServicer):
         finally:
             self.transfers.received(cid, rnd, received, grpc_bytes, time.perf_counter() - t0)
 
+    def _hand_over(self, cid: str, rnd: int) -> None:
+        """Gives the client's whole blob to the engine, if no other call has (a second stream
+        of the same client, or UploadStatus after a stream broke past its last byte). Only a
+        final refusal keeps it from being handed over again."""
+        data = self.transfers.take(cid, rnd)
+        if data is None:
+            return
+        try:
+            self.engine.submit(cid, rnd, data)
+        except Refused as e:
+            if e.code != Status.INVALID_ARGUMENT:
+                self.transfers.release(cid, rnd)
+            raise
+
     def UploadStatus(self, request: pb.UploadStatusRequest, context) -> pb.UploadStatusReply:
         self._bound(context, request.session_id)
         try:
             cid = self.sessions.check_session(request.session_id)
+            self._hand_over(cid, request.round)  # all bytes held, stream broken before its close
         except Refused as e:
             self._abort(context, e, "upload status")
         return self.transfers.status(cid, request.round)

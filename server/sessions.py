@@ -1,9 +1,15 @@
 """Who may take part and who holds which session: the configured clients, joining with a
 token, and the session checks every later call starts with.
 
-A session is a random id handed out at join; joining again replaces it, so a restarted client
-never shares its id with a stale process. A session ends when its client joins again or is
-turned away (:meth:`Sessions.end`).
+A session is a random id handed out at join. Every call with it, and every heartbeat, marks
+the client as heard (on the :class:`AwakeClock`, so a stalled coordinator blames nobody). A
+session is *live* while its client was heard within ``client_timeout_s``:
+- a live session belongs to one process: a join from another process (another
+  ``JoinRequest.instance``) is refused ALREADY_EXISTS naming the id; the same process joining
+  again (a lost reply, a restarted coordinator) gets a fresh session;
+- a session silent past the timeout is ended by :meth:`Sessions.expire` (the engine then stops
+  waiting for its client), after which the id is free for a new process;
+- a session also ends when its client is turned away (:meth:`Sessions.end`).
 
 Locking: the engine's condition is shared, not copied. Every method takes it (it is
 re-entrant), so handler threads may call in directly and the engine may call in while it
@@ -21,7 +27,9 @@ from dataclasses import dataclass
 
 from fedlora.common.config import ClientEntry
 from fedlora.common.errors import Refused, Status
+from fedlora.common.wire.protocol import HEARTBEATS_PER_TIMEOUT
 from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.liveness import AwakeClock
 from fedlora.server.records import profile_dict
 from fedlora.server.runlog import RunLog
 from fedlora.server.strategy import ClientInfo
@@ -36,6 +44,8 @@ class ClientState:
     session: str = ""
     profile: pb.DeviceProfile | None = None
     joined_at: float = 0.0
+    instance: str = ""        # the process holding the session (JoinRequest.instance)
+    last_seen: float = 0.0    # AwakeClock time the client was last heard
 
     def info(self) -> ClientInfo:
         p = self.profile or pb.DeviceProfile()
@@ -44,34 +54,47 @@ class ClientState:
 
 class Sessions:
     def __init__(self, entries: list[ClientEntry], spec: pb.RunSpec, runlog: RunLog,
-                 cond: threading.Condition):
+                 cond: threading.Condition, timeout_s: float = 120.0,
+                 clock: AwakeClock | None = None):
         self.cond = cond
         self.spec = spec
         self.log = runlog
+        self.timeout_s = timeout_s
+        self.clock = clock or AwakeClock()
         self.clients = {e.id: ClientState(e, i) for i, e in enumerate(entries)}
         self._by_session: dict[str, str] = {}  # session -> client id
 
     def __len__(self) -> int:
         return len(self.clients)
 
-    def join(self, client_id: str, token: str, profile: pb.DeviceProfile) -> pb.JoinReply:
+    def join(self, client_id: str, token: str, profile: pb.DeviceProfile,
+             instance: str = "") -> pb.JoinReply:
         """A new session for a configured client holding its token (compared in constant
-        time); the reply carries the run spec with the client's data partition."""
+        time), unless another process holds a live one; the reply carries the run spec with
+        the client's data partition and heartbeat interval."""
         with self.cond:
             st = self.clients.get(client_id)
             if st is None:
                 raise Refused(Status.PERMISSION_DENIED, f"unknown client id {client_id!r}")
             if st.entry.token and not hmac.compare_digest(st.entry.token, token):
                 raise Refused(Status.UNAUTHENTICATED, f"wrong token for client {client_id!r}")
+            if st.instance != instance and self.live(st):
+                raise Refused(Status.ALREADY_EXISTS,
+                              f"client id {client_id!r} is in use: another process holds a live "
+                              f"session (heard {self.silence(st):.1f}s ago); the id is free once "
+                              f"that process has been silent for {self.timeout_s:g}s")
             self._by_session.pop(st.session, None)
             st.session = uuid.uuid4().hex
             st.profile = profile
+            st.instance = instance
             st.joined_at = time.time()
+            st.last_seen = self.clock.now()
             self._by_session[st.session] = client_id
             self.cond.notify_all()
             spec = pb.RunSpec()
             spec.CopyFrom(self.spec)
             spec.partition = st.partition if self.spec.dataset else -1
+            spec.heartbeat_s = self.timeout_s / HEARTBEATS_PER_TIMEOUT
             log.info("client %s joined (partition %d, %d examples, %s)", client_id, st.partition,
                      profile.num_examples, profile.accelerator or "?")
             self.log.write("join", client=client_id, partition=st.partition,
@@ -79,28 +102,60 @@ class Sessions:
             return pb.JoinReply(session_id=st.session, spec=spec)
 
     def client(self, session: str) -> ClientState:
+        """The client holding ``session``, now heard; UNAUTHENTICATED if none does."""
         with self.cond:
             cid = self._by_session.get(session)
             if cid is None:
                 raise Refused(Status.UNAUTHENTICATED, "unknown or expired session: join again")
-            return self.clients[cid]
+            st = self.clients[cid]
+            st.last_seen = self.clock.now()
+            return st
 
     def check_session(self, session: str) -> str:
-        """The id of the client holding ``session``; UNAUTHENTICATED if none does."""
+        """The id of the client holding ``session`` (now heard); UNAUTHENTICATED if none does."""
         return self.client(session).entry.id
+
+    def heard(self, cid: str) -> None:
+        """The client is there (a chunk of its transfer moved). Without the condition: one
+        float store, cheap enough for every chunk, and the transfers never wait on the engine."""
+        self.clients[cid].last_seen = self.clock.now()
+
+    def silence(self, st: ClientState) -> float:
+        """Awake seconds since the client was last heard."""
+        return self.clock.now() - st.last_seen
+
+    def live(self, st: ClientState) -> bool:
+        """Holds a session and was heard within the timeout."""
+        return bool(st.session) and self.silence(st) <= self.timeout_s
+
+    def expire(self) -> list[tuple[str, float]]:
+        """Ends the sessions silent past the timeout; ``(client id, seconds silent)`` of each.
+        Their clients are not planned again until they join again."""
+        gone = []
+        with self.cond:
+            for st in self.clients.values():
+                if st.session and not self.live(st):
+                    silent = self.silence(st)
+                    gone.append((st.entry.id, silent))
+                    self.end(st)
+                    log.warning("client %s silent for %.0fs (client_timeout_s=%g): session ended",
+                                st.entry.id, silent, self.timeout_s)
+                    self.log.write("lost", client=st.entry.id, silent_s=round(silent, 1))
+        return gone
 
     def end(self, st: ClientState) -> None:
         """The client must join again before it is planned or heard (it was turned away)."""
         with self.cond:
             self._by_session.pop(st.session, None)
-            st.session, st.profile = "", None
+            st.session, st.profile, st.instance = "", None, ""
             self.cond.notify_all()
 
     def ready(self) -> list[ClientState]:
-        """Clients with a session that have said how many examples they hold (ready to plan)."""
+        """Clients with a live session that have said how many examples they hold (ready to
+        plan)."""
         with self.cond:
             return [c for c in self.clients.values()
-                    if c.session and c.profile is not None and c.profile.num_examples > 0]
+                    if self.live(c) and c.profile is not None and c.profile.num_examples > 0]
 
     def info(self, cid: str) -> ClientInfo:
         with self.cond:

@@ -2,7 +2,9 @@
 every download and upload cost.
 
 The service feeds chunks in here and takes out one verified blob per client; only that blob
-reaches the engine, so per-chunk work never waits on the round loop. The engine starts each
+reaches the engine, so per-chunk work never waits on the round loop. The blob is taken as soon
+as its last byte is acknowledged, not when the stream closes (a stream may break after its last
+byte), and exactly once (:meth:`Transfers.take`), whichever call gets there first. The engine starts each
 round (attempt) with :meth:`Transfers.open`, which forgets everything: a retried round starts
 clean. Calls naming another round are ignored, so a stream outliving its round cannot touch
 the next one's books.
@@ -29,6 +31,7 @@ class Transfers:
         self._round = 0
         self._uploads: dict[str, PartialUpload] = {}
         self._accepted: dict[str, int] = {}  # client -> size of its accepted blob
+        self._taken: set[str] = set()        # clients whose whole blob is with the engine
         self._up: dict[str, TransferStats] = {}
         self._down: dict[str, TransferStats] = {}
 
@@ -36,6 +39,7 @@ class Transfers:
         with self._lock:
             self._round = rnd
             self._uploads, self._accepted, self._up, self._down = {}, {}, {}, {}
+            self._taken = set()
 
     # ------------------------------------------------------------------ uploads
     def upload(self, cid: str, rnd: int, total: int, digest: str) -> PartialUpload:
@@ -47,6 +51,7 @@ class Transfers:
                 part = PartialUpload(total, digest)
                 if rnd == self._round:
                     self._uploads[cid] = part
+                    self._taken.discard(cid)
             return part
 
     def add(self, part: PartialUpload, offset: int, data: bytes, digest: str) -> None:
@@ -54,10 +59,24 @@ class Transfers:
         with self._lock:  # two streams of one client may share a partial upload
             part.add(offset, data, digest)
 
-    def verified(self, part: PartialUpload) -> bytes:
-        """The complete blob; on a digest mismatch the buffer is emptied: resend from zero."""
+    def take(self, cid: str, rnd: int) -> bytes | None:
+        """The client's whole, verified blob, to hand to the engine: to the first caller after
+        the last byte only; None while bytes are missing or once it was taken. On a digest
+        mismatch the buffer is emptied (resend from zero) and the refusal raised."""
         with self._lock:
-            return part.verified()
+            part = self._uploads.get(cid) if rnd == self._round else None
+            if part is None or not part.complete or cid in self._taken:
+                return None
+            data = part.verified()
+            self._taken.add(cid)
+            return data
+
+    def release(self, cid: str, rnd: int) -> None:
+        """The engine could not take the blob for a reason that is not final: a later call may
+        hand it over again."""
+        with self._lock:
+            if rnd == self._round:
+                self._taken.discard(cid)
 
     def accepted(self, cid: str, rnd: int, size: int, tensor_bytes: int,
                  stage_bytes: list[int]) -> None:
@@ -66,6 +85,7 @@ class Transfers:
             if rnd != self._round:
                 return
             self._uploads.pop(cid, None)
+            self._taken.discard(cid)
             self._accepted[cid] = size
             t = self._up.setdefault(cid, TransferStats())
             t.tensor_bytes, t.stage_bytes = tensor_bytes, list(stage_bytes)
@@ -75,6 +95,7 @@ class Transfers:
         with self._lock:
             if rnd == self._round:
                 self._uploads.pop(cid, None)
+                self._taken.discard(cid)
 
     def status(self, cid: str, rnd: int) -> pb.UploadStatusReply:
         """Where the client resumes: the acknowledged offset, or complete once accepted."""

@@ -39,6 +39,9 @@ def check_declared(r: Round, cid: str, total: int, digest: str) -> None:
     if cid in r.refused:
         raise Refused(Status.FAILED_PRECONDITION,
                       f"round {r.number}: update already refused ({r.refused[cid]})")
+    if cid in r.lost:
+        raise Refused(Status.FAILED_PRECONDITION,
+                      f"round {r.number}: the coordinator gave up on {cid!r} ({r.lost[cid]})")
     limit = r.instructions[cid].plan.max_upload_bytes
     if total <= 0:
         raise Refused(Status.INVALID_ARGUMENT, "upload declares no size")

@@ -74,3 +74,33 @@ def records(run_dir: Path, kind: str) -> list[dict]:
         if rec["type"] == kind:
             out.append(rec)
     return out
+
+
+def wait_until(what: str, check, timeout: float, procs: list[subprocess.Popen] = ()):
+    """Polls ``check()`` until it returns something truthy (returned); fails after ``timeout``
+    seconds, or when one of ``procs`` has exited."""
+    end = time.time() + timeout
+    while time.time() < end:
+        got = check()
+        if got:
+            return got
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a process exited while waiting for {what}")
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def logged(path: Path, text: str) -> bool:
+    try:
+        return text in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def recorded(run_dir: Path, kind: str, **fields) -> list[dict]:
+    """The records of ``kind`` whose fields match (an empty list while there is no log yet)."""
+    try:
+        recs = records(run_dir, kind)
+    except (OSError, ValueError):
+        return []
+    return [r for r in recs if all(r.get(k) == v for k, v in fields.items())]

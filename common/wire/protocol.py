@@ -11,3 +11,14 @@ PROBE_MAX_BYTES = 256 << 20             # largest link probe either way
 # Plan.report: the client measures the round's model on the run's test split and reports it
 # (methods whose global model lives on the clients)
 REPORT_TEST_ACCURACY = "test_accuracy"
+
+# Liveness. The coordinator asks for a Heartbeat every client_timeout_s / HEARTBEATS_PER_TIMEOUT
+# seconds (RunSpec.heartbeat_s), so a client must miss several in a row before it is given up.
+HEARTBEATS_PER_TIMEOUT = 4
+LONG_POLL_MAX_S = 60.0                  # longest GetTask hold the coordinator grants
+LONG_POLL_S = 30                        # what clients ask for (TaskRequest.wait_seconds)
+CALL_TIMEOUT_S = 30.0                   # deadline of one unary call (beyond any long-poll hold)
+# Client retries after a transient failure: exponential from RETRY_FIRST_S, capped at
+# RETRY_MAX_S, full jitter (so clients cut off together do not come back together).
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0

@@ -46,19 +46,21 @@ class DeviceProfile(_message.Message):
     def __init__(self, accelerator: _Optional[str] = ..., accelerator_name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., threads: _Optional[int] = ..., num_examples: _Optional[int] = ..., examples_per_second: _Optional[float] = ..., upload_bytes_per_second: _Optional[float] = ..., download_bytes_per_second: _Optional[float] = ..., layer_seconds: _Optional[_Mapping[str, float]] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("client_id", "token", "profile", "protocol")
+    __slots__ = ("client_id", "token", "profile", "protocol", "instance")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     token: str
     profile: DeviceProfile
     protocol: str
-    def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., protocol: _Optional[str] = ...) -> None: ...
+    instance: str
+    def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., protocol: _Optional[str] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter", "task")
+    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter", "task", "heartbeat_s")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +78,7 @@ class RunSpec(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     strategy: str
     model: str
@@ -93,7 +96,8 @@ class RunSpec(_message.Message):
     config_json: str
     adapter: AdapterSpec
     task: str
-    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., task: _Optional[str] = ...) -> None: ...
+    heartbeat_s: float
+    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., task: _Optional[str] = ..., heartbeat_s: _Optional[float] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("session_id", "spec")
@@ -373,6 +377,16 @@ class ProbeRequest(_message.Message):
     session_id: str
     size: int
     def __init__(self, session_id: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ProbeReply(_message.Message):
     __slots__ = ("received", "seconds")

@@ -74,6 +74,11 @@ class CoordinatorStub:
                 request_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeRequest.SerializeToString,
                 response_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/fedlora.v1.Coordinator/Heartbeat',
+                request_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.HeartbeatReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -109,6 +114,8 @@ class CoordinatorServicer:
 
     def UploadStatus(self, request, context):
         """How much of an upload the coordinator holds, so a client resumes instead of restarting.
+        An upload whose every byte is held but whose stream broke before it closed is completed
+        here (the client never sends an empty stream).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +138,14 @@ class CoordinatorServicer:
 
     def ProbeDownload(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """"Still here": sent every RunSpec.heartbeat_s while the client holds a session (training
+        included), so the coordinator can tell a busy client from a gone one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -177,6 +192,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ProbeDownload,
                     request_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeRequest.FromString,
                     response_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.Chunk.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.HeartbeatRequest.FromString,
+                    response_serializer=fedlora_dot_proto_dot_v1_dot_fedlora__pb2.HeartbeatReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +415,33 @@ class Coordinator:
             '/fedlora.v1.Coordinator/ProbeDownload',
             fedlora_dot_proto_dot_v1_dot_fedlora__pb2.ProbeRequest.SerializeToString,
             fedlora_dot_proto_dot_v1_dot_fedlora__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedlora.v1.Coordinator/Heartbeat',
+            fedlora_dot_proto_dot_v1_dot_fedlora__pb2.HeartbeatRequest.SerializeToString,
+            fedlora_dot_proto_dot_v1_dot_fedlora__pb2.HeartbeatReply.FromString,
             options,
             channel_credentials,
             insecure,

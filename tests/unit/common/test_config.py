@@ -52,3 +52,13 @@ def test_sa_fedlora_with_dp_is_refused():
 def test_unknown_strategy_names_the_known_ones():
     with pytest.raises(ConfigError, match=r"strategy: unknown 'fedsgd' \(known: .*legend.*sa-fedlora"):
         load_config(ServerConfig, None, {"strategy": "fedsgd"})
+
+
+def test_liveness_timeouts_are_validated_with_the_field_named():
+    from fedlora.common.config import ClientConfig
+
+    assert ServerConfig().client_timeout_s >= 60 and ClientConfig(insecure=True).coordinator_timeout_s >= 600
+    with pytest.raises(ConfigError, match="client_timeout_s"):
+        load_config(ServerConfig, None, {"client_timeout_s": 0})
+    with pytest.raises(ConfigError, match="coordinator_timeout_s"):
+        load_config(ClientConfig, None, {"insecure": True, "coordinator_timeout_s": -1})

@@ -49,7 +49,40 @@ def test_declaring_another_blob_starts_over():
 def test_a_complete_upload_yields_the_verified_bytes():
     t, part = started()
     send(t, part)
-    assert part.complete and t.verified(part) == DATA
+    assert part.complete and t.take("c", 1) == DATA
+
+
+def test_an_incomplete_upload_is_not_taken():
+    t, part = started()
+    send(t, part, upto=len(DATA) - CHUNK)
+    assert t.take("c", 1) is None
+
+
+def test_a_whole_blob_is_taken_once_whichever_call_asks_first():
+    t, part = started()
+    send(t, part)
+    assert t.take("c", 1) == DATA
+    assert t.take("c", 1) is None  # a second stream, or UploadStatus: the first one finishes it
+    s = t.status("c", 1)
+    assert (s.acked_offset, s.complete) == (len(DATA), False)  # held, being checked
+
+
+def test_a_released_blob_may_be_taken_again():
+    t, part = started()
+    send(t, part)
+    t.take("c", 1)
+    t.release("c", 1)
+    assert t.take("c", 1) == DATA
+
+
+def test_declaring_another_blob_after_a_take_starts_a_new_upload_to_take():
+    t, part = started()
+    send(t, part)
+    t.take("c", 1)
+    other = DATA[::-1]
+    fresh = t.upload("c", 1, len(other), sha256(other))
+    send(t, fresh, other)
+    assert t.take("c", 1) == other
 
 
 def test_a_blob_digest_mismatch_clears_the_buffer_to_resend_from_zero():
@@ -58,9 +91,12 @@ def test_a_blob_digest_mismatch_clears_the_buffer_to_resend_from_zero():
     part = t.upload("c", 1, len(DATA), sha256(b"something else"))
     send(t, part)
     with pytest.raises(Refused) as e:
-        t.verified(part)
+        t.take("c", 1)
     assert e.value.code == Status.DATA_LOSS
     assert part.acked == 0 and t.status("c", 1).acked_offset == 0
+    send(t, part)  # resent in full: taken (and refused) again, not stuck as taken
+    with pytest.raises(Refused):
+        t.take("c", 1)
 
 
 def test_an_accepted_upload_reports_complete_and_releases_its_buffer():

@@ -38,6 +38,29 @@ def test_an_already_accepted_client_may_not_upload_again():
     assert code(lambda: check_declared(r, "c", 10, DIGEST)) == Status.ALREADY_EXISTS
 
 
+def test_a_client_given_up_on_may_not_upload_in_that_round():
+    r = a_round()
+    r.lost["c"] = "no call or heartbeat for 31s"
+    with pytest.raises(Refused) as e:
+        check_declared(r, "c", 10, DIGEST)
+    assert e.value.code == Status.FAILED_PRECONDITION and "gave up on 'c'" in e.value.message
+
+
+def test_a_round_settles_without_waiting_for_a_client_given_up_on():
+    r = a_round()
+    assert not r.settled()
+    r.lost["c"] = "no call or heartbeat for 31s"
+    assert r.settled()
+
+
+def test_an_accepted_client_is_finished_only_with_its_report_in():
+    r = a_round()
+    r.accepted["c"] = 1.0
+    assert not r.finished("c")
+    r.reports["c"] = {}
+    assert r.finished("c")
+
+
 def test_an_upload_larger_than_the_plan_allows_is_resource_exhausted():
     assert code(lambda: check_declared(a_round(), "c", 1001, DIGEST)) == Status.RESOURCE_EXHAUSTED
 
