@@ -173,13 +173,16 @@ class Client:
                     continue
                 raise
             if task.kind == pb.Task.DONE:
-                log.info("run finished: %s", task.message)
+                if task.failed:  # this process ends non-zero: the run it served failed
+                    log.error("the run failed: %s", task.message)
+                else:
+                    log.info("run finished: %s", task.message)
                 if self.ctx is not None:
                     distributed.send(distributed.DONE, {}, {})
                 if self.am is not None and self._personal:  # its own model: save it, PEFT format
                     self.am.save(self.state_dir / "adapter")
                     log.info("personal adapter saved to %s", self.state_dir / "adapter")
-                return 0
+                return 1 if task.failed else 0
             if task.kind == pb.Task.WAIT:
                 continue
             try:

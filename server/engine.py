@@ -63,7 +63,8 @@ class Engine:
             while True:
                 cid = self.sessions.check_session(session)
                 if self.done:
-                    return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete")
+                    return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete",
+                                   failed=bool(self.error))
                 r = self.current
                 if (r is not None and r.open and cid in r.instructions
                         and cid not in r.accepted and cid not in r.refused):
@@ -253,6 +254,11 @@ class Engine:
     def stop(self, reason: str) -> None:
         """Ends the run from outside (a signal): the current round is discarded."""
         threading.Thread(target=self._stop, args=(reason,), daemon=True).start()
+
+    def fail(self, reason: str) -> None:
+        """Ends the run for a fault inside the coordinator (its run folder stopped taking
+        records); synchronous, so a run whose last record was lost cannot end as complete."""
+        self._stop(reason)
 
     def _stop(self, error: str) -> int:
         with self.cond:
