@@ -9,7 +9,8 @@ from pathlib import Path
 
 import grpc
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from fedlora import methods
 from fedlora.client import distributed
@@ -23,6 +24,7 @@ from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task
 from fedlora.common.netstat import InterfaceMeter
+from fedlora.common.storage import prepare_dir, write_atomic
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import steps_per_round
 from fedlora.common.wire.blob import pack, unpack
@@ -61,8 +63,7 @@ class Client:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(distributed.local_device(cfg.device))
         self.ctx = distributed.from_env(self.device)  # torchrun: several processes, one client
-        self.state_dir = cfg.state_dir / cfg.client_id
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = prepare_dir(cfg.state_dir / cfg.client_id, "state folder")  # before any work
         if cfg.insecure:
             log.warning("connecting in PLAINTEXT (--insecure): the token and updates cross unencrypted")
         creds = None if cfg.insecure else channel_credentials(cfg.ca_cert, cfg.cert, cfg.key)
@@ -229,7 +230,7 @@ class Client:
                            dp_noise_multiplier=ledger.noise_multiplier, dp_clip_norm=ledger.clip_norm)
         if keep:
             state = am.state()
-            save_file({k: state[k].contiguous() for k in keep}, str(local_path))
+            write_atomic(local_path, safetensors_bytes({k: state[k].contiguous() for k in keep}))
         score = self.task.evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length,
                                    self.device)
         state = am.state()
@@ -245,7 +246,7 @@ class Client:
                              "num_examples": len(self.train_data),
                              "upload_kind": plan.upload_kind or "weights"},
                     self._upload_chain(plan.upload_codec))
-        (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
+        write_atomic(self.state_dir / "last-upload.safetensors", blob.data)  # what was sent, as sent
         before = self.meter.read()
         up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
         iface_up = self.meter.delta(before, self.meter.read())

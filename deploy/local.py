@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from fedlora.common.config import ConfigError, ServerConfig, TLSConfig, dump_config
+from fedlora.common.storage import prepare_dir, write_atomic
 from fedlora.common.tls import CA, SERVER, make_certs
 from fedlora.deploy.live import LiveTable
 
@@ -75,7 +76,7 @@ class Cluster:
         cfg_path = self.run_dir / "server-config.json"
         self.topology.setup()
         client_tls = self._tls()
-        cfg_path.write_text(dump_config(self.cfg) + "\n")
+        write_atomic(cfg_path, dump_config(self.cfg) + "\n")
         self._spawn("coordinator", ["server", "--config", str(cfg_path), "--run-dir", str(self.run_dir),
                                     "--host", self.topology.coordinator_host])
         address = self._wait_address()
@@ -84,7 +85,7 @@ class Cluster:
             self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, "--token", entry.token,
                                    "--threads", str(threads),
                                    "--state-dir", str(self.run_dir / "client-state"), *client_tls(entry.id)])
-        (self.run_dir / "cluster.json").write_text(json.dumps(
+        write_atomic(self.run_dir / "cluster.json", json.dumps(
             {"address": address, "pids": {n: p.pid for n, p in self.procs.items()},
              **self.topology.describe()}, indent=2) + "\n")
         return address
@@ -157,6 +158,7 @@ def _interrupt(signum, _frame):
 
 
 def run_local(cfg: ServerConfig, client_threads: int = 0, live: bool = True, topology=None) -> int:
+    prepare_dir(cfg.run_dir.resolve(), "run folder")  # read-only, a file in the way, full: exit 2 now
     cluster = Cluster(cfg, client_threads, topology)
     table = LiveTable(cluster.run_dir, enabled=live)
     code = 1
