@@ -119,3 +119,36 @@ def test_disk_full_mid_run_ends_the_run_with_its_reason(tmp_path, tiny_model):
         for i, code in enumerate(codes[1:]):  # the clients of a failed run end non-zero
             assert code == 1, tail(logs / f"client-{i}.log")
             assert "the run failed: run folder" in (logs / f"client-{i}.log").read_text()
+
+
+def test_disk_full_mid_run_under_fedlora_run_says_why_in_one_line(tmp_path, tiny_model):
+    with tmpfs(tmp_path / "disk", size="16m") as disk:
+        run_dir = disk / "run"
+        p = subprocess.Popen(
+            [sys.executable, "-m", "fedlora.deploy.cli", "run", "--insecure", "--model", str(tiny_model),
+             "--clients", "2", "--min-clients", "2", "--rounds", "1000", "--local-steps", "2",
+             "--batch-size", "16", "--run-dir", str(run_dir), "--no-live"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_round(run_dir, [p], run_dir / "logs" / "coordinator.log")
+            pids = json.loads((run_dir / "cluster.json").read_text())["pids"]
+            fill(disk)
+            _out, err = p.communicate(timeout=300)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        last = err.strip().splitlines()[-1]
+        # whichever wrote first met the full disk: the coordinator (its records) or a client
+        # (its state folder is in the run folder); either way the one line says so
+        assert p.returncode != 0 and last.startswith("fedlora run: ") and \
+            "no space left on device" in last, err
+        assert not any(_alive(pid) for pid in pids.values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
