@@ -74,3 +74,12 @@ def records(run_dir: Path, kind: str) -> list[dict]:
         if rec["type"] == kind:
             out.append(rec)
     return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie is dead for our purposes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False

@@ -12,17 +12,9 @@ import subprocess
 import sys
 import time
 
-from procs import records
+from procs import alive, records
 
 CLIENT_DATA_ERROR = "data: the run has no built-in data split; pass --data FILE"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _run(tmp_path, tiny_model, *extra) -> tuple:
@@ -46,7 +38,7 @@ def test_clients_that_cannot_load_data_end_the_run_with_their_reason(tmp_path, t
     assert p.returncode == 1, err
     assert last in {f"fedlora run: client-{i} exited 2: {CLIENT_DATA_ERROR}" for i in range(2)}, err
     pids = json.loads((run_dir / "cluster.json").read_text())["pids"]
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in pids.values())
     died = min((run_dir / "logs" / f"client-{i}.log").stat().st_mtime for i in range(2))
     print(f"\nfedlora run exited {ended - died:.1f}s after the first client died")
 
@@ -64,7 +56,7 @@ def test_a_killed_coordinator_ends_the_run(tmp_path, tiny_model):
     print(f"\nfedlora run exited {time.time() - killed:.1f}s after the coordinator was killed")
     assert p.returncode == 1 and err.strip().splitlines()[-1] == \
         "fedlora run: coordinator was killed by SIGKILL", err
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in pids.values())
 
 
 def _rounds(run_dir):

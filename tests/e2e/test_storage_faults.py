@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mounts import fill, tmpfs
-from procs import cli, finish, tail
+from procs import alive, cli, finish, tail
 
 REASONS = {"file": "is a file, not a folder", "read-only": "read-only file system",
            "full": "no space left on device"}
@@ -143,12 +143,4 @@ def test_disk_full_mid_run_under_fedlora_run_says_why_in_one_line(tmp_path, tiny
         # (its state folder is in the run folder); either way the one line says so
         assert p.returncode != 0 and last.startswith("fedlora run: ") and \
             "no space left on device" in last, err
-        assert not any(_alive(pid) for pid in pids.values())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
+        assert not any(alive(pid) for pid in pids.values())
