@@ -257,10 +257,11 @@ class Engine:
 
     def fail(self, reason: str) -> None:
         """Ends the run for a fault inside the coordinator (its run folder stopped taking
-        records); synchronous, so a run whose last record was lost cannot end as complete."""
-        self._stop(reason)
+        records; the caller logged it); synchronous, so a run whose last record was lost
+        cannot end as complete."""
+        self._stop(reason, logged=True)
 
-    def _stop(self, error: str) -> int:
+    def _stop(self, error: str, logged: bool = False) -> int:
         with self.cond:
             if self.done:  # the first reason stands
                 return 1 if self.error else 0
@@ -269,6 +270,6 @@ class Engine:
             if self.current is not None:
                 self.current.open = False
             self.cond.notify_all()
-        if error:
+        if error and not logged:
             log.error("%s", error)
         return 1 if error else 0
