@@ -24,6 +24,7 @@ from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task
 from fedlora.common.netstat import InterfaceMeter
+from fedlora.common.storage import prepare_dir, write_atomic
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import round_seed, steps_per_round
 from fedlora.common.wire.blob import Blob, pack, unpack
@@ -64,8 +65,7 @@ class Client:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(distributed.local_device(cfg.device))
         self.ctx = distributed.from_env(self.device)  # torchrun: several processes, one client
-        self.state_dir = cfg.state_dir / cfg.client_id
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = prepare_dir(cfg.state_dir / cfg.client_id, "state folder")  # before any work
         if cfg.insecure:
             log.warning("connecting in PLAINTEXT (--insecure): the token and updates cross unencrypted")
         creds = None if cfg.insecure else channel_credentials(cfg.ca_cert, cfg.cert, cfg.key)
@@ -166,13 +166,16 @@ class Client:
         while True:
             task = self.conn.task(last)  # retried, and rejoined, until coordinator_timeout_s
             if task.kind == pb.Task.DONE:
-                log.info("run finished: %s", task.message)
+                if task.failed:  # this process ends non-zero: the run it served failed
+                    log.error("the run failed: %s", task.message)
+                else:
+                    log.info("run finished: %s", task.message)
                 if self.ctx is not None:
                     distributed.send(distributed.DONE, {}, {})
                 if self.am is not None and self._personal:  # its own model: save it, PEFT format
                     self.am.save(self.state_dir / "adapter")
                     log.info("personal adapter saved to %s", self.state_dir / "adapter")
-                return 0
+                return 1 if task.failed else 0
             if task.kind == pb.Task.WAIT:
                 continue
             try:
@@ -234,7 +237,7 @@ class Client:
                                                "num_examples": len(self.train_data),
                                                "upload_kind": plan.upload_kind or "weights"},
                                  plan.upload_codec)
-        (self.state_dir / "last-upload.safetensors").write_bytes(blob.data)  # what was sent, as sent
+        write_atomic(self.state_dir / "last-upload.safetensors", blob.data)  # what was sent, as sent
         before = self.meter.read()
         up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
         iface_up = self.meter.delta(before, self.meter.read())

@@ -18,6 +18,7 @@ from pathlib import Path
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from fedlora.common.storage import write_atomic
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 
@@ -78,7 +79,7 @@ class PrivacyLedger:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({
+        write_atomic(self.path, json.dumps({  # a torn ledger would forget spent budget
             "target_epsilon": self.target_epsilon, "delta": self.delta, "clip_norm": self.clip_norm,
             "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
             "history": self.history}, indent=1))

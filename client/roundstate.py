@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from fedlora.common.files import atomic_write
+from fedlora.common.storage import write_atomic
 
 _NAME = re.compile(r"^round-(\d+)\.safetensors$")
 _KEY = "fedlora"  # one metadata entry (safetensors writes several in hash order)
@@ -44,7 +44,7 @@ class RoundStore:
     def save(self, rnd: int, tensors: dict[str, torch.Tensor]) -> None:
         """Keeps ``tensors`` as the state at the end of round ``rnd``."""
         meta = {_KEY: json.dumps({"run": self.run_id, "round": rnd})}
-        atomic_write(self._path(rnd), save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        write_atomic(self._path(rnd), save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                                            metadata=meta))
         mine = self._rounds()
         start = max((r for r in mine if r < rnd), default=rnd)  # what a redo of rnd needs

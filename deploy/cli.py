@@ -2,7 +2,8 @@
 
 Flags are shortcuts for config fields; ``--set key.sub=value`` reaches any field; a config
 file (YAML or JSON) gives the base. Bad configuration ends the command with one line naming
-the field and exit code 2.
+the field and exit code 2; so does a folder it cannot write (read-only, a file in the way,
+full), naming the path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from fedlora import methods
 from fedlora.common.config import ClientConfig, ConfigError, ServerConfig, load_config, parse_override
+from fedlora.common.storage import StorageError
 
 # flag -> config field, for the server side (shared by `server` and `run`)
 SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_local(cfg, client_threads=args.client_threads, live=not args.no_live,
                          topology=topology)
-    except ConfigError as e:
+    except (ConfigError, StorageError) as e:  # one line naming the field or the path
         print(f"fedlora {args.command}: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, PermissionError) as e:

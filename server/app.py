@@ -20,6 +20,7 @@ from fedlora import methods
 from fedlora.common.channel import grpc_options
 from fedlora.common.config import ConfigError, ServerConfig, dump_config
 from fedlora.common.model import AdaptedModel, resolve_model_path
+from fedlora.common.storage import StorageError, atomic_dir, prepare_dir, reason, write_atomic
 from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
@@ -42,10 +43,11 @@ def serve(cfg: ServerConfig) -> int:
                    if cfg.tls.cert else None)  # read now: a missing file fails before any work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    journal = Journal(cfg.run_dir)
+    journal = Journal(prepare_dir(cfg.run_dir, "run folder"))
     resumed = journal.open(cfg)  # refuses a finished run or a changed config, before any write
+    # a read-only, misplaced or full folder stops us here (exit 2)
     runlog = RunLog(cfg.run_dir, keep=(resumed.records_bytes, resumed.records_count) if resumed else (0, 0))
-    (cfg.run_dir / "config.json").write_text(dump_config(cfg) + "\n")
+    write_atomic(cfg.run_dir / "config.json", dump_config(cfg) + "\n")
 
     task = get_task(cfg.task)
     entries = cfg.client_entries()
@@ -90,6 +92,7 @@ def serve(cfg: ServerConfig) -> int:
 
     engine = Engine(cfg, strategy, spec, runlog, score,
                     completed=resumed.completed if resumed else 0, checkpoint=checkpoint)
+    runlog.on_error = engine.fail  # a disk that fills mid-run ends the run, with its reason
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * len(entries) + 16),
                          options=grpc_options())
     pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine), server)
@@ -122,31 +125,28 @@ def serve(cfg: ServerConfig) -> int:
     t0 = time.time()
     code = engine.run()
     adapter_dir = None
-    personal = strategy.personal_state()
-    if personal:  # per-client tensors the coordinator ends with (personalised methods)
-        from safetensors.torch import save_file
-
-        (cfg.run_dir / "personal").mkdir(exist_ok=True)
-        for cid, tensors in personal.items():
-            save_file({k: v.contiguous() for k, v in tensors.items()},
-                      str(cfg.run_dir / "personal" / f"{cid}.safetensors"))
-    if engine.completed > 0 and strategy.server_evaluates:
-        adapter_dir = cfg.run_dir / "adapter"
-        strategy.save_adapter(adapter_dir)
-        tokenizer.save_pretrained(str(adapter_dir))
-        (adapter_dir / "fedlora.json").write_text(json.dumps(
-            {"base_model": str(resolve_model_path(cfg.model)), "label_names": dataset.label_names,
-             "num_labels": len(dataset.label_names), "seed": cfg.seed, "strategy": cfg.strategy,
-             "task": task.name},
-            indent=2) + "\n")
+    if runlog.error:  # the folder is full or gone: what room is left is the summary's
+        log.warning("adapter and personal state not saved: the run folder cannot be written")
+    else:
+        try:
+            adapter_dir = _save_results(cfg, engine, strategy, tokenizer, dataset.label_names, task.name)
+        except (OSError, StorageError) as e:
+            runlog.fail(f"run folder {cfg.run_dir}: cannot save the results: "
+                        f"{e.why if isinstance(e, StorageError) else reason(e)}")
+            code = 1
     summary = summarize(read_records(runlog.metrics_path))
     summary.update({
-        "status": "failed" if code else "complete", "error": engine.error or None,
+        "status": "failed" if code else "complete", "error": engine.error or runlog.error or None,
         "strategy": cfg.strategy, "rounds_requested": cfg.rounds, "clients": len(entries),
         "adapter": str(adapter_dir) if adapter_dir else None,
         "elapsed_seconds": round(time.time() - t0, 3), "label_names": dataset.label_names,
     })
-    runlog.write_json("summary.json", summary)
+    where = f"summary in {cfg.run_dir / 'summary.json'}"
+    try:
+        runlog.write_json("summary.json", summary)
+    except StorageError as e:  # the run's records up to the fault are in metrics.jsonl
+        log.error("summary not written: %s", e.why)
+        where, code = f"no summary ({e.why}); records up to the fault in {runlog.metrics_path}", code or 1
     if not code and engine.completed >= cfg.rounds:
         journal.finish()
     _release_clients(engine, grace_s=10.0)
@@ -154,9 +154,34 @@ def serve(cfg: ServerConfig) -> int:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.stop(grace=2.0).wait()
     runlog.close()
-    log.info("run %s: %s; summary in %s", "failed" if code else "complete",
-             engine.error or f"final accuracy {summary['final_accuracy']}", cfg.run_dir / "summary.json")
+    log.info("run %s: %s; %s", "failed" if code else "complete",
+             summary["error"] or f"final accuracy {summary['final_accuracy']}", where)
     return code
+
+
+def _save_results(cfg: ServerConfig, engine: Engine, strategy, tokenizer, label_names: list[str],
+                  task_name: str) -> Path | None:
+    """Personal state and the final adapter, each folder written whole or not at all; returns
+    the adapter folder (None when the coordinator holds no global model to save)."""
+    personal = strategy.personal_state()
+    if personal:  # per-client tensors the coordinator ends with (personalised methods)
+        from safetensors.torch import save_file
+
+        with atomic_dir(cfg.run_dir / "personal") as folder:
+            for cid, tensors in personal.items():
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / f"{cid}.safetensors"))
+    if not (engine.completed > 0 and strategy.server_evaluates):
+        return None
+    adapter_dir = cfg.run_dir / "adapter"
+    with atomic_dir(adapter_dir) as folder:
+        strategy.save_adapter(folder)
+        tokenizer.save_pretrained(str(folder))
+        (folder / "fedlora.json").write_text(json.dumps(
+            {"base_model": str(resolve_model_path(cfg.model)), "label_names": label_names,
+             "num_labels": len(label_names), "seed": cfg.seed, "strategy": cfg.strategy,
+             "task": task_name},
+            indent=2) + "\n")
+    return adapter_dir
 
 
 def _release_clients(engine: Engine, grace_s: float) -> None:

@@ -75,7 +75,8 @@ class Engine:
             while True:
                 cid = self.sessions.check_session(session)
                 if self.done:
-                    return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete")
+                    return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete",
+                                   failed=bool(self.error))
                 r = self.current
                 if (r is not None and r.open and cid in r.instructions
                         and cid not in r.accepted and cid not in r.refused and cid not in r.lost):
@@ -290,7 +291,13 @@ class Engine:
         """Ends the run from outside (a signal): the current round is discarded."""
         threading.Thread(target=self._stop, args=(reason,), daemon=True).start()
 
-    def _stop(self, error: str) -> int:
+    def fail(self, reason: str) -> None:
+        """Ends the run for a fault inside the coordinator (its run folder stopped taking
+        records; the caller logged it); synchronous, so a run whose last record was lost
+        cannot end as complete."""
+        self._stop(reason, logged=True)
+
+    def _stop(self, error: str, logged: bool = False) -> int:
         with self.cond:
             if self.done:  # the first reason stands
                 return 1 if self.error else 0
@@ -299,6 +306,6 @@ class Engine:
             if self.current is not None:
                 self.current.open = False
             self.cond.notify_all()
-        if error:
+        if error and not logged:
             log.error("%s", error)
         return 1 if error else 0

@@ -37,7 +37,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedlora.common.config import ConfigError, ServerConfig
-from fedlora.common.files import atomic_write
+from fedlora.common.storage import write_atomic
 
 JOURNAL = "journal.json"
 STATE_DIR = "journal"
@@ -138,7 +138,7 @@ class Journal:
         ``records`` is (bytes, count) of ``metrics.jsonl``, already fsynced."""
         name = f"{STATE_DIR}/state-{completed:05d}.safetensors"
         data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-        atomic_write(self.dir / name, data)
+        write_atomic(self.dir / name, data)
         entry = Entry(run_id=self.run_id, config=self._config, completed=completed,
                       records_bytes=records[0], records_count=records[1], state_file=name,
                       state_sha256=hashlib.sha256(data).hexdigest(), meta=json.loads(json.dumps(meta)))
@@ -154,7 +154,7 @@ class Journal:
             self._write(dataclasses.replace(self.entry, finished=True))
 
     def _write(self, entry: Entry) -> None:
-        atomic_write(self.path, (json.dumps(entry.to_json(), indent=2) + "\n").encode())
+        write_atomic(self.path, (json.dumps(entry.to_json(), indent=2) + "\n").encode())
         self.entry = entry
 
 

@@ -1,16 +1,26 @@
-"""The run folder: resolved config, ``metrics.jsonl`` (append-only), ``summary.json``."""
+"""The run folder: resolved config, ``metrics.jsonl`` (append-only), ``summary.json``.
+
+The folder is checked before any work (:func:`fedlora.common.storage.prepare_dir`); JSON files
+are written atomically; a record the disk cannot take ends the run (``on_error``), after the
+reserve is given back so the summary still fits.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedlora.common.storage import Appender, Reserve, StorageError, prepare_dir, write_atomic
+
 LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes", "iface_bytes")
+
+log = logging.getLogger("fedlora.server")
 
 
 class RunLog:
@@ -18,42 +28,61 @@ class RunLog:
         """Appends to ``metrics.jsonl``; with ``keep`` (bytes, records), the file is first cut
         back to that prefix: a resumed run drops what the crashed one wrote after its last
         journaled round (server/journal.py), so no round is recorded twice."""
-        self.dir = run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = prepare_dir(run_dir, "run folder")
+        self.reserve = Reserve(self.dir)
         self.metrics_path = self.dir / "metrics.jsonl"
         self._lock = threading.Lock()
-        self._f = self.metrics_path.open("a", encoding="utf-8")
+        self._f = Appender(self.metrics_path)
         self.count = 0
         if keep is not None:
             self._f.truncate(keep[0])
             self.count = keep[1]
         self.t0 = time.time()
+        self.error = ""  # why the folder stopped taking records ("" while it takes them)
+        self.on_error: Callable[[str], None] | None = None  # told once, outside the lock
 
     def write(self, record_type: str, **fields: Any) -> dict[str, Any]:
+        """Appends a record; if the disk refuses it, the run folder has failed (:meth:`fail`);
+        records after that are dropped and the caller goes on."""
         rec = {"type": record_type, "time": round(time.time() - self.t0, 3), **fields}
+        line = (json.dumps(rec, default=_jsonable) + "\n").encode("utf-8")
         with self._lock:
-            self._f.write(json.dumps(rec, default=_jsonable) + "\n")
-            self._f.flush()
-            self.count += 1
+            if self.error:
+                return rec
+            try:
+                self._f.append(line)
+                self.count += 1
+                return rec
+            except StorageError as e:
+                why = f"run folder {self.dir}: cannot write {self.metrics_path.name}: {e.why}"
+        self.fail(why)
         return rec
+
+    def fail(self, why: str) -> None:
+        """The run folder cannot be written: give back the reserve (room for the summary and
+        the log's reason), then tell ``on_error``, once; the first reason stands."""
+        with self._lock:
+            if self.error:
+                return
+            self.error = why
+        self.reserve.release()
+        log.error("%s", why)
+        if self.on_error is not None:
+            self.on_error(why)
 
     def sync(self) -> tuple[int, int]:
         """Makes every record so far durable; returns (bytes, records) of the file."""
         with self._lock:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            return os.fstat(self._f.fileno()).st_size, self.count
+            return self._f.sync(), self.count
 
     def write_json(self, name: str, obj: Any) -> Path:
-        path = self.dir / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        """Writes ``name`` whole or not at all; raises StorageError naming the path."""
+        return write_atomic(self.dir / name, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
     def close(self) -> None:
         with self._lock:
             self._f.close()
+        self.reserve.release()
 
 
 def _jsonable(o: Any) -> Any:

@@ -104,3 +104,12 @@ def recorded(run_dir: Path, kind: str, **fields) -> list[dict]:
     except (OSError, ValueError):
         return []
     return [r for r in recs if all(r.get(k) == v for k, v in fields.items())]
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie is dead for our purposes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False

@@ -254,7 +254,7 @@ class Plan(_message.Message):
     def __init__(self, round: _Optional[int] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., training: _Optional[_Union[LocalTraining, _Mapping]] = ..., train: _Optional[_Iterable[str]] = ..., freeze: _Optional[_Iterable[str]] = ..., upload: _Optional[_Iterable[str]] = ..., keep_local: _Optional[_Iterable[str]] = ..., upload_kind: _Optional[str] = ..., upload_codec: _Optional[_Union[Codec, _Mapping]] = ..., max_upload_bytes: _Optional[int] = ..., global_state: _Optional[_Union[BlobRef, _Mapping]] = ..., deadline_unix: _Optional[float] = ..., report: _Optional[_Iterable[str]] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "round", "plan", "retry_after_ms", "message")
+    __slots__ = ("kind", "round", "plan", "retry_after_ms", "message", "failed")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[Task.Kind]
@@ -268,12 +268,14 @@ class Task(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     kind: Task.Kind
     round: int
     plan: Plan
     retry_after_ms: int
     message: str
-    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., retry_after_ms: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    failed: bool
+    def __init__(self, kind: _Optional[_Union[Task.Kind, str]] = ..., round: _Optional[int] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., retry_after_ms: _Optional[int] = ..., message: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("session_id", "round", "offset")
