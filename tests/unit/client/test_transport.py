@@ -162,7 +162,7 @@ def test_an_upload_with_every_byte_held_sends_no_empty_stream(coord, clock):
     coord.scripts["UploadStatus"] = [pb.UploadStatusReply(acked_offset=size, total_size=size),
                                      pb.UploadStatusReply(acked_offset=size, total_size=size,
                                                           complete=True)]
-    stats = conn.upload(1, BLOB, 1024)
+    conn.upload(1, BLOB, 1024)
     assert coord.uploads == [] and stats.payload_bytes == 0
 
 
@@ -171,7 +171,7 @@ def test_an_upload_resumes_from_the_acknowledged_offset(coord, clock):
     coord.scripts["UploadStatus"] = [pb.UploadStatusReply(),
                                      pb.UploadStatusReply(acked_offset=2048, total_size=BLOB.size)]
     coord.scripts["Upload"] = [Failure(S.UNAVAILABLE, "connection reset")]
-    stats = conn.upload(1, BLOB, 1024)
+    conn.upload(1, BLOB, 1024)
     first, resumed = coord.uploads
     assert first[0].offset == 0 and resumed[0].offset == 2048
     assert b"".join(c.data for c in resumed) == BLOB.data[2048:]

@@ -59,8 +59,9 @@ def test_resume_cuts_the_records_back_to_the_last_commit(tmp_path):
     _, log = _run(tmp_path, 2)
     log.write("round_start", round=3)
     log.write("upload", round=3, client="c")
-    log._f.write('{"type": "client", "rou')  # the crash cut a line short
     log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"type": "client", "rou')  # the crash cut a line short
     entry = Journal(tmp_path).open(_cfg(tmp_path))
     log = RunLog(tmp_path, keep=(entry.records_bytes, entry.records_count))
     log.write("round", round=3, test_accuracy=0.6)
