@@ -162,7 +162,7 @@ def test_an_upload_with_every_byte_held_sends_no_empty_stream(coord, clock):
     coord.scripts["UploadStatus"] = [pb.UploadStatusReply(acked_offset=size, total_size=size),
                                      pb.UploadStatusReply(acked_offset=size, total_size=size,
                                                           complete=True)]
-    conn.upload(1, BLOB, 1024)
+    stats = conn.upload(1, BLOB, 1024)
     assert coord.uploads == [] and stats.payload_bytes == 0
 
 
