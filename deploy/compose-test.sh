@@ -4,8 +4,11 @@
 # needed; kept if it exists), the wheelhouse and the image, runs deploy/docker-compose.yml with
 # the quick overlay (2 rounds, default model and data, 4 clients on shaped links, mutual TLS),
 # and checks the coordinator's summary.json: rounds done, accuracy present, interface bytes > 0
-# for every client both ways. Everything it started (containers, networks, volumes, dockerd) is
-# removed on exit, failure included. Needs root. Output: runs/compose-ci/.
+# for every client both ways. Then a second run whose coordinator container is killed once,
+# after its first round record: it must come back (restart policy, same run folder), its
+# clients survive and join it again, and the run completes with the requested rounds.
+# Everything it started (containers, networks, volumes, dockerd) is removed on exit, failure
+# included. Needs root. Output: runs/compose-ci/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -72,3 +75,65 @@ for cid, c in sorted(clients.items()):
           f"down payload {c['down']['payload_bytes']:,} B, wire {c['down']['iface_bytes']:,} B")
 print(f"compose cluster: {s['rounds_completed']} rounds, final accuracy {s['final_accuracy']:.4f}")
 PY
+
+# ---------------------------------------------------------------------------------------------
+# Scenario 2: the coordinator dies mid-run and comes back. It is killed from the host (SIGKILL to
+# the container's init), as the OOM killer or a crash would end it: `docker kill` is an
+# operator's stop, after which Docker does not apply the restart policy. What must hold whether
+# or not the coordinator resumes its journal (before resume support it starts again from round 1
+# on the same run folder): it restarts once, every client survives and joins it again, the run
+# completes with the requested rounds, and every client exits 0.
+echo "scenario: the coordinator is killed after its first round record"
+compose down -v --remove-orphans >/dev/null 2>&1 || true
+t1=$(date +%s)
+compose up -d
+coordinator="$(compose ps -q coordinator)"
+inspect() { $DOCKER inspect -f "$1" "$coordinator"; }
+round1='"type": "round", "time": [0-9.]+, "round": 1,'
+until $DOCKER exec "$coordinator" grep -Eq "$round1" /runs/run/metrics.jsonl 2>/dev/null; do
+  [[ $(inspect '{{.State.Running}}') == true ]] || { echo "the coordinator ended before round 1"; exit 1; }
+  (( $(date +%s) - t1 < 1500 )) || { echo "no round 1 within 1500s"; exit 1; }
+  sleep 1
+done
+kill -KILL "$(inspect '{{.State.Pid}}')"
+echo "killed the coordinator container's init after round 1 ($(( $(date +%s) - t1 ))s in)"
+until [[ $(inspect '{{.RestartCount}} {{.State.Running}}') == "1 true" ]]; do
+  (( $(date +%s) - t1 < 1500 )) || { echo "the coordinator did not come back: $(inspect '{{.State.Status}}')"; exit 1; }
+  sleep 1
+done
+echo "the coordinator is back ($(( $(date +%s) - t1 ))s in)"
+until [[ $(inspect '{{.State.Status}}') == exited ]]; do
+  (( $(date +%s) - t1 < 1800 )) || { echo "the restarted run did not finish within 1800s"; exit 1; }
+  sleep 2
+done
+code=$(inspect '{{.State.ExitCode}}'); restarts=$(inspect '{{.RestartCount}}')
+echo "coordinator exited with $code after $(( $(date +%s) - t1 ))s, restarted $restarts time(s)"
+$DOCKER cp "$coordinator:/runs/run/summary.json" "$out/restart-summary.json"
+$DOCKER cp "$coordinator:/runs/run/metrics.jsonl" "$out/restart-metrics.jsonl"
+[[ $code == 0 && $restarts == 1 ]] || { echo "the restarted coordinator failed"; exit 1; }
+for c in $(compose ps -q client-0 client-1 client-2 client-3); do  # they heard DONE: exit 0
+  for _ in $(seq 60); do [[ $($DOCKER inspect -f '{{.State.Status}}' "$c") == exited ]] && break; sleep 1; done
+  state=$($DOCKER inspect -f '{{.Name}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$c")
+  echo "client container: $state"
+  [[ $state == *" exited 0 0" ]] || { echo "a client did not survive the coordinator's restart"; exit 1; }
+done
+"$root/.venv/bin/python" - "$out/restart-summary.json" "$out/restart-metrics.jsonl" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+recs = [json.loads(line) for line in open(sys.argv[2])]
+want = s["rounds_requested"]
+assert want == 2 and s["status"] == "complete", (want, s["status"], s.get("error"))
+done = sorted({r["round"] for r in recs if r["type"] == "round" and r["round"] > 0})
+assert done == list(range(1, want + 1)), done
+# rounds_completed counts round records: exactly `want` when the coordinator resumed its
+# journal; more when it started again from round 1 on the same metrics.jsonl
+assert s["rounds_completed"] >= want and s["final_accuracy"] is not None, s["rounds_completed"]
+joins = {}
+for r in recs:
+    if r["type"] == "join":
+        joins[r["client"]] = joins.get(r["client"], 0) + 1
+assert sorted(joins) == [f"client-{i}" for i in range(4)] and min(joins.values()) >= 2, joins
+print(f"restart scenario: rounds {done} complete (summary rounds_completed {s['rounds_completed']}), "
+      f"final accuracy {s['final_accuracy']:.4f}, joins per client {joins}")
+PY
+echo "compose-test: both scenarios passed ($(( $(date +%s) - t0 ))s)"
