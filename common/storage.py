@@ -182,9 +182,12 @@ class Appender:
 
     def sync(self) -> int:
         """Makes every record durable; returns the file's size."""
-        fd = self._open()
-        os.fsync(fd)
-        return os.fstat(fd).st_size
+        try:
+            fd = self._open()
+            os.fsync(fd)
+            return os.fstat(fd).st_size
+        except OSError as e:
+            raise StorageError(f"storage error: {self.path}: cannot sync: {reason(e)}", reason(e)) from e
 
     def close(self) -> None:
         if self._fd is not None:

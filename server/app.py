@@ -72,7 +72,10 @@ def serve(cfg: ServerConfig) -> int:
         journal.commit(0, *strategy.state(), runlog.sync())
 
     def checkpoint(rnd: int) -> None:
-        journal.commit(rnd, *strategy.state(), runlog.sync())
+        try:
+            journal.commit(rnd, *strategy.state(), runlog.sync())
+        except StorageError as e:  # as for a refused record: the run ends with its reason
+            runlog.fail(f"run folder {cfg.run_dir}: cannot write the journal: {e.why}")
 
     spec = pb.RunSpec(
         run_id=journal.run_id, strategy=cfg.strategy, model=cfg.model, task=task.name,
