@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedlora.server.runlog import read_records
-from procs import finish, start_client, start_server, tail
+from procs import finish, start_client, start_server, tail, wait_until
 
 CLIENTS = ["client-0", "client-1", "client-2"]
 ROUNDS = 3
@@ -37,15 +37,11 @@ def _free_port() -> int:
 
 
 def _wait(what: str, cond, timeout: float, procs: list[subprocess.Popen], log: Path):
-    end = time.time() + timeout
-    while time.time() < end:
-        got = cond()
-        if got:
-            return got
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen:\n" + tail(log))
+    """procs.wait_until, failing as a test assertion with the log's tail."""
+    try:
+        return wait_until(what, cond, timeout, procs)
+    except (RuntimeError, TimeoutError) as e:
+        raise AssertionError(f"{e}:\n" + tail(log)) from None
 
 
 def _fault_free(run_dir: Path, tiny_model: Path, strategy: str) -> Path:
