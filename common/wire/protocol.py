@@ -8,6 +8,9 @@ MAX_CHUNK_BYTES = 3 << 20               # keeps every gRPC message under the 4 M
 MIN_CHUNK_BYTES = 1 << 10
 HEADER_SLACK = 64 << 10                 # safetensors header + codec metadata allowance on an upload
 PROBE_MAX_BYTES = 256 << 20             # largest link probe either way
+# Streaming calls (Upload, ProbeUpload) carry the session in their call metadata under this key,
+# so the coordinator checks it before it reads (and waits on) the first message of the stream.
+SESSION_METADATA = "fedlora-session"
 # Plan.report: the client measures the round's model on the run's test split and reports it
 # (methods whose global model lives on the clients)
 REPORT_TEST_ACCURACY = "test_accuracy"
