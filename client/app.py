@@ -14,7 +14,7 @@ import torch
 from fedlora import methods
 from fedlora.client import distributed
 from fedlora.client.hooks import ClientContext, ClientHooks
-from fedlora.client.privacy import BudgetExhausted, PrivacyLedger
+from fedlora.client.privacy import BudgetExhausted, PrivacyLedger, ledger_path
 from fedlora.client.roundstate import RoundStore
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, CoordinatorError, CoordinatorLost, TransferFailed
@@ -258,8 +258,11 @@ class Client:
                  up.seconds, time.perf_counter() - t_round)
 
     def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:
-        return PrivacyLedger.open(self.state_dir / "privacy.json", t.dp, len(self.train_data),
-                                  t.batch_size, steps_per_round(t, len(self.train_data)), self.spec.rounds)
+        """The run's ledger: a resumed run (same run id) goes on from it, a new run starts its
+        own next to the old ones."""
+        return PrivacyLedger.open(ledger_path(self.state_dir, self.spec.run_id), self.spec.run_id, t.dp,
+                                  len(self.train_data), t.batch_size, steps_per_round(t, len(self.train_data)),
+                                  self.spec.rounds)
 
     def _store(self, name: str) -> RoundStore:
         return RoundStore(self.state_dir / name, self.spec.run_id)

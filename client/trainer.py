@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fedlora.client.distributed import DistContext, all_sum, shard
-from fedlora.client.privacy import PrivacyLedger
+from fedlora.client.privacy import PrivacyLedger, SecretRandomness
 from fedlora.common.training import steps_per_round
 from fedlora.common.model import AdaptedModel
 from fedlora.common.tasks.base import Batch, Rows, Task
@@ -59,8 +59,10 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
     Randomness: ``seed`` (the round's, :func:`fedlora.common.training.round_seed`) orders the
     data and re-seeds torch's RNG (dropout masks), so the same seed, model state and plan give
     the same update bit for bit, whatever the process did before. The one exception is DP-SGD:
-    its noise and its Poisson sample must not be predictable from the run seed, so with a
-    ledger both are drawn from OS entropy and a redone round trains differently.
+    its noise and its Poisson sample must not be predictable by the coordinator, which knows
+    the run seed, so with a ledger both come from :class:`SecretRandomness` (OS entropy, own
+    generators that no ``torch.manual_seed`` reaches) and a redone round trains differently.
+    Dropout masks still follow ``seed``: the guarantee rests on noise and sampling alone.
 
     ``regularisation["prox_mu"]`` adds FedProx's ``mu/2 ||theta - theta_start||^2`` (its
     gradient, after backward); ``after_backward`` sees the gradients of every step before the
@@ -78,22 +80,20 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
         raise ValueError("DP-SGD is not supported on a multi-process (torchrun) client")
     anchor = [p.detach().clone() for p in params] if mu > 0 else None
     opt = make_optimizer(params, t)
-    if ledger is None:
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-    else:
-        torch.seed()  # opacus draws its noise from torch's global RNG
-        rng = np.random.default_rng()
+    torch.manual_seed(seed)
+    secret = SecretRandomness.fresh(device) if ledger is not None else None
+    rng = np.random.default_rng(seed) if secret is None else secret.sample
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     forward = model
     steps = steps_per_round(t, len(data))
-    if ledger is not None:
+    if ledger is not None and secret is not None:
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
         forward = GradSampleModule(model, loss_reduction="mean")
         opt = DPOptimizer(opt, noise_multiplier=ledger.noise_multiplier, max_grad_norm=ledger.clip_norm,
-                          expected_batch_size=max(1, t.batch_size), loss_reduction="mean")
+                          expected_batch_size=max(1, t.batch_size), loss_reduction="mean",
+                          generator=secret.noise, secure_mode=secret.secure_noise)
         source = _poisson(task, data, tokenizer, steps, ledger.sample_rate, max_length, rng)
     else:
         source = _shuffled(task, data, tokenizer, t, max_length, rng)

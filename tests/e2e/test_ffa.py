@@ -96,8 +96,9 @@ def test_epsilon_is_reported_every_round_and_grows_to_the_target(ffa_run):
         by_client.setdefault(r["client"], []).append(r["metrics"]["dp_epsilon"])
     for cid, eps in by_client.items():
         assert len(eps) == 2 and 0 < eps[0] < eps[1] <= TARGET_EPS * 1.0001
-        ledger = json.loads((run_dir / "state" / cid / "privacy.json").read_text())
-        assert [h[2] for h in ledger["history"]] == [3, 3]
+        (path,) = (run_dir / "state" / cid / "privacy").glob("*.json")  # one run, one ledger
+        ledger = json.loads(path.read_text())
+        assert [h[2] for h in ledger["history"]] == [3, 3] and ledger["run_id"].startswith("run-")
 
 
 def test_run_stops_at_the_privacy_budget(tmp_path, tiny_model):
