@@ -6,7 +6,6 @@ import torch
 
 from fedlora.client.hooks import ClientHooks
 from fedlora.common.model import AdaptedModel
-from fedlora.common.training import round_seed
 from fedlora.methods.ce_lora.config import StatsOptions
 from fedlora.methods.ce_lora.stats import class_stats
 from fedlora.proto.v1 import fedlora_pb2 as pb
@@ -17,4 +16,4 @@ class CELoRAClient(ClientHooks):
         c = self.ctx
         noise = StatsOptions.read(plan.options).stats_noise
         return class_stats(am, c.tokenizer, c.train_data, c.spec.num_labels, c.spec.max_length,
-                           c.device, noise, round_seed(c.spec.seed, plan.round, c.client_id))
+                           c.device, noise)

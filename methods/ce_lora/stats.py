@@ -3,11 +3,16 @@
 Per-class mean [CLS] embeddings of the *base* model (adapters off, so every client embeds in the
 same space) and class counts, optionally noised on the client: privacy-light summaries of a
 client's data that the coordinator's data similarity is computed from.
+
+The noise is drawn from OS entropy, never from the round seed: the coordinator knows the run
+seed, so noise derived from it could be subtracted exactly. A redone round therefore sends other
+noise on the means (the trained C itself is still reproducible bit for bit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 
 import torch
 
@@ -21,7 +26,7 @@ STATS_COUNT = REPORT_PREFIX + "stats.class_count"
 
 @torch.no_grad()
 def class_stats(am: AdaptedModel, tokenizer, data: Dataset, num_labels: int, max_length: int,
-                device: torch.device, noise_std: float, seed: int) -> dict[str, torch.Tensor]:
+                device: torch.device, noise_std: float) -> dict[str, torch.Tensor]:
     """Per-class mean [CLS] embedding of the *base* model (adapters off, so every client
     embeds in the same space) and class counts; optional Gaussian noise on the means."""
     model = am.model
@@ -40,7 +45,7 @@ def class_stats(am: AdaptedModel, tokenizer, data: Dataset, num_labels: int, max
     model.train(was)
     means = sums / counts.clamp(min=1)[:, None]
     if noise_std > 0:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(secrets.randbits(63))  # secret: not the run seed's
         means = means + torch.randn(means.shape, generator=g, dtype=torch.float64) * noise_std
     means[counts == 0] = 0.0
     return {STATS_MEAN: means.float(), STATS_COUNT: counts.float()}

@@ -26,3 +26,31 @@ def test_identical_data_is_fully_similar_and_disjoint_classes_not_at_all():
     mean, count = _stats(0, [3.0, 2.0, 0.0])
     assert data_similarity(mean, count, mean, count) == pytest.approx(1.0)
     assert data_similarity(mean, count, mean, torch.tensor([0.0, 0.0, 4.0])) == 0.0
+
+
+def test_class_stats_noise_is_secret_not_the_round_seeds(tiny_model):
+    """The coordinator knows the run seed: noise on the class means drawn from it could be
+    subtracted exactly. The same model and data noised twice give different means, and the
+    noise has the configured scale."""
+    from fedlora.common.model import AdaptedModel
+    from fedlora.common.tasks import get_task
+    from fedlora.methods.ce_lora.stats import STATS_MEAN, class_stats
+    from fedlora.methods import get
+    from fedlora.common.config import ServerConfig
+
+    task = get_task("classification")
+    split = task.builtin_split("trec", 3, 0.5, 0.1, 0)
+    cfg = ServerConfig(model=str(tiny_model), strategy="ce-lora", insecure=True, clients=3)
+    am = AdaptedModel(task.load_base(str(tiny_model), 6, 0),
+                      get("ce-lora").strategy.adapter_spec(cfg), task.peft_task_type)
+    tok = task.load_tokenizer(str(tiny_model))
+    data = split.shard(0)
+    clean = class_stats(am, tok, data, 6, 32, torch.device("cpu"), 0.0)[STATS_MEAN]
+    torch.manual_seed(0)
+    a = class_stats(am, tok, data, 6, 32, torch.device("cpu"), 0.5)[STATS_MEAN]
+    torch.manual_seed(0)
+    b = class_stats(am, tok, data, 6, 32, torch.device("cpu"), 0.5)[STATS_MEAN]
+    assert not torch.equal(a, b)
+    present = clean.abs().sum(dim=1) > 0
+    noise = (a - clean)[present]
+    assert 0.4 < float(noise.std()) < 0.6
