@@ -36,7 +36,8 @@ def status(call) -> tuple[grpc.StatusCode, str]:
 
 
 def lie(m: Mallory, deadline: float) -> dict[str, tuple[grpc.StatusCode, str]]:
-    """Every lie once, in round 1; in round 2 an honest update, folded at the vouched count."""
+    """Every lie once, in round 1 (the upload first, so that nothing else has refused it);
+    in round 2 an honest update, folded at the vouched count."""
     out: dict[str, tuple[grpc.StatusCode, str]] = {}
     m.join()  # declares 100 examples: its count from now on
 
@@ -52,6 +53,11 @@ def lie(m: Mallory, deadline: float) -> dict[str, tuple[grpc.StatusCode, str]]:
         return lambda: m.stub.Report(pb.ReportRequest(session_id=m.session, round=rnd, **fields),
                                      timeout=30)
 
+    good = m.download(task)
+    big = {k: torch.full_like(v, 4.0) for k, v in good.items()}  # 1e308 * 4 overflows a float
+    data = pack(big, {"round": rnd, "client": "mallory", "num_examples": 1e308, "upload_kind": "delta"},
+                Chain.parse(["zstd:3"])).data
+    out["header_1e308_examples"] = status(lambda: m.upload(rnd, data))
     out["nan_metric"] = status(report(metrics={"train_loss": 0.1, "iface_up_tx_bytes": float("nan")}))
     out["nan_decline"] = status(report(metrics={"iface_up_tx_bytes": float("nan")}, decline_reason="busy"))
     out["many_metric_keys"] = status(report(metrics={f"m{i}": 1.0 for i in range(100_000)}))
@@ -59,11 +65,6 @@ def lie(m: Mallory, deadline: float) -> dict[str, tuple[grpc.StatusCode, str]]:
     huge = pb.DeviceProfile(num_examples=100)
     huge.extra["blob"] = "x" * (3 * 10**6)
     out["huge_profile"] = status(report(profile=huge))
-    good = m.download(task)
-    zero = {k: torch.zeros_like(v) for k, v in good.items()}
-    data = pack(zero, {"round": rnd, "client": "mallory", "num_examples": 1e308, "upload_kind": "delta"},
-                Chain.parse(["zstd:3"])).data
-    out["header_1e308_examples"] = status(lambda: m.upload(rnd, data))
     task = m.next_train(deadline)
     if task.kind == pb.Task.TRAIN:  # round 2: an update as an honest client would send it
         rnd = task.round
