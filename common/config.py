@@ -144,6 +144,9 @@ class ServerConfig(Strict):
     max_upload_factor: float = Field(
         4.0, ge=1.0, description="an upload may be at most this times its raw tensor size"
     )
+    max_client_examples: int = Field(
+        10_000_000, ge=1,
+        description="the most training examples one client may declare: its aggregation weight")
     threads: int = Field(0, ge=0, description="torch threads for evaluation; 0 = torch default")
     device: str = "cpu"
     eval_batch_size: int = Field(128, ge=1)

@@ -24,6 +24,7 @@ from fedlora.common.storage import StorageError, atomic_dir, prepare_dir, reason
 from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
+from fedlora.server.admission import fixed_counts
 from fedlora.server.engine import Engine
 from fedlora.server.journal import Journal
 from fedlora.server.runlog import RunLog, read_records, summarize
@@ -94,7 +95,9 @@ def serve(cfg: ServerConfig) -> int:
                              cfg.device)
 
     engine = Engine(cfg, strategy, spec, runlog, score,
-                    completed=resumed.completed if resumed else 0, checkpoint=checkpoint)
+                    completed=resumed.completed if resumed else 0, checkpoint=checkpoint,
+                    shard_sizes=shard_sizes,  # counts a resumed run fixed, from its kept records:
+                    fixed_counts=fixed_counts(read_records(runlog.metrics_path)) if resumed else None)
     runlog.on_error = engine.fail  # a disk that fills mid-run ends the run, with its reason
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * len(entries) + 16),
                          options=grpc_options())

@@ -16,7 +16,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from fedlora.common.config import ServerConfig
 from fedlora.common.errors import Refused, Status
@@ -27,10 +27,12 @@ from fedlora.common.wire.protocol import LONG_POLL_MAX_S
 from fedlora.common.wire.stats import tensor_bytes
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server import records
+from fedlora.server.admission import (EXAMPLES_RECORD, ExampleCounts, check_decline, check_numbers,
+                                      check_profile)
 from fedlora.server.liveness import SWEEP_S, AwakeClock
 from fedlora.server.rounds import Round, plan_round, require_open
 from fedlora.server.runlog import RunLog
-from fedlora.server.sessions import Sessions
+from fedlora.server.sessions import ClientState, Sessions
 from fedlora.server.strategy import ClientInfo, Strategy
 from fedlora.server.transfers import Transfers
 from fedlora.server.updates import check_declared, check_update, read_blob
@@ -41,9 +43,13 @@ log = logging.getLogger("fedlora.server")
 class Engine:
     def __init__(self, cfg: ServerConfig, strategy: Strategy, spec: pb.RunSpec, runlog: RunLog,
                  evaluate_fn: Callable[[], Score], completed: int = 0,
-                 checkpoint: Callable[[int], None] | None = None):
+                 checkpoint: Callable[[int], None] | None = None, shard_sizes: Sequence[int] = (),
+                 fixed_counts: Mapping[str, int] | None = None):
         """``completed``: rounds a resumed run already has (the loop goes on after them);
-        ``checkpoint(rnd)`` makes an aggregated round durable before the next one opens."""
+        ``checkpoint(rnd)`` makes an aggregated round durable before the next one opens;
+        ``shard_sizes``: the built-in data's shard per partition (none when clients bring
+        their own data) and ``fixed_counts`` the example counts a resumed run had fixed: what
+        the clients' weights are vouched against (:mod:`.admission`)."""
         self.cfg = cfg
         self.strategy = strategy
         self.spec = spec
@@ -51,8 +57,9 @@ class Engine:
         self.evaluate_fn = evaluate_fn  # the strategy's global model on the test split
         self.cond = threading.Condition()  # re-entrant: the sessions take it too
         self.clock = AwakeClock()
+        self.counts = ExampleCounts(cfg.max_client_examples, shard_sizes, fixed_counts)
         self.sessions = Sessions(cfg.client_entries(), spec, runlog, self.cond,
-                                 cfg.client_timeout_s, self.clock)
+                                 cfg.client_timeout_s, self.clock, admit=self._admit_profile)
         self.transfers = Transfers()
         self.current: Round | None = None
         self.completed = completed
@@ -107,9 +114,10 @@ class Engine:
             with self.cond:
                 r = self.current
                 inst = r.instructions.get(cid) if r is not None and r.number == rnd else None
+                vouched = self.counts.get(cid)
             if inst is None:
                 raise Refused(Status.FAILED_PRECONDITION, f"round {rnd} is no longer open")
-            update = check_update(tensors, meta, inst, rnd, cid)
+            update = check_update(tensors, meta, inst, rnd, cid, vouched)
         except Refused as e:
             if e.code == Status.INVALID_ARGUMENT:
                 self._refuse(cid, rnd, e)
@@ -142,21 +150,18 @@ class Engine:
 
     def report(self, session: str, rnd: int, metrics: dict[str, float],
                profile: pb.DeviceProfile | None, decline: str = "") -> None:
-        """A client's metrics for the round, a refreshed profile (re-admitted by the
-        strategy), or its reason for not training."""
+        """A client's metrics for the round, a refreshed profile (admitted as at join), or its
+        reason for not training. Nothing of a report is kept unless all of it passes
+        :mod:`.admission`."""
         with self.cond:
             st = self.sessions.client(session)
             cid = st.entry.id
+            check_numbers("metrics", metrics)
+            check_decline(decline)
             if profile is not None and profile.ByteSize() > 0:
+                self._admit_profile(st, profile, rnd)
                 self.log.write("profile", round=rnd, client=cid, profile=records.profile_dict(profile))
-                why = self.strategy.admit(dataclasses.replace(st, profile=profile).info())
-                if why:
-                    self.turned_away.add(cid)  # not waited for until it comes back admissible
-                    self.sessions.end(st)
-                    self.log.write("refused", round=rnd, client=cid, code="FAILED_PRECONDITION", reason=why)
-                    raise Refused(Status.FAILED_PRECONDITION, f"client {cid!r} refused: {why}")
                 st.profile = profile
-                self.turned_away.discard(cid)
                 self.cond.notify_all()
             r = self.current
             if r is not None and r.number == rnd and cid in r.instructions:
@@ -166,6 +171,28 @@ class Engine:
                     log.warning("round %d: %s declined: %s", rnd, cid, decline)
                     self.log.write("refused", round=rnd, client=cid, code="DECLINED", reason=decline)
                 self.cond.notify_all()
+
+    def _admit_profile(self, st: ClientState, profile: pb.DeviceProfile, rnd: int | None = None) -> None:
+        """A profile from a join or a report: well-formed (INVALID_ARGUMENT naming the field),
+        and, when it declares examples (which makes the client plannable), a count the
+        coordinator can vouch for and the strategy's admission (FAILED_PRECONDITION with its
+        reason: the client is turned away until it comes back admissible). Called under the
+        condition; on a refusal nothing of the profile is kept."""
+        cid = st.entry.id
+        check_profile(profile, self.cfg.max_client_examples)
+        if profile.num_examples == 0:  # nothing declared yet: not planned until it is
+            return
+        first = self.counts.check(cid, st.partition, profile.num_examples)
+        why = self.strategy.admit(dataclasses.replace(st, profile=profile).info())
+        if why:
+            self.turned_away.add(cid)  # not waited for until it comes back admissible
+            self.sessions.end(st)
+            self.log.write("refused", round=rnd, client=cid, code="FAILED_PRECONDITION", reason=why)
+            raise Refused(Status.FAILED_PRECONDITION, f"client {cid!r} refused: {why}")
+        if first:
+            self.counts.fix(cid, profile.num_examples)
+            self.log.write(EXAMPLES_RECORD, client=cid, num_examples=profile.num_examples)
+        self.turned_away.discard(cid)
 
     # ----------------------------------------------------------------- the round loop
     def _wait_for_clients(self, want: int) -> bool:

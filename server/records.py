@@ -7,6 +7,7 @@ Field names and values are a contract: :func:`fedlora.server.runlog.summarize`,
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -96,4 +97,6 @@ def _sum_mb(values: Iterable[int | None]) -> float | None:
 
 
 def _int_or_none(v: float | None) -> int | None:
-    return None if v is None or v < 0 else int(v)
+    """A counter as reported; None when it is missing, negative (not measurable) or not a
+    finite number (reports are checked at admission; this keeps the records from failing)."""
+    return None if v is None or not math.isfinite(v) or v < 0 else int(v)

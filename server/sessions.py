@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedlora.common.config import ClientEntry
@@ -55,8 +56,13 @@ class ClientState:
 class Sessions:
     def __init__(self, entries: list[ClientEntry], spec: pb.RunSpec, runlog: RunLog,
                  cond: threading.Condition, timeout_s: float = 120.0,
-                 clock: AwakeClock | None = None):
+                 clock: AwakeClock | None = None,
+                 admit: Callable[[ClientState, pb.DeviceProfile], None] | None = None):
+        """``admit(client, profile)`` checks a joining client's profile (raising
+        :class:`Refused`) before the client gets a session: the engine's admission, the same
+        a profile sent with a report goes through, so a rejoin cannot skip it."""
         self.cond = cond
+        self.admit = admit
         self.spec = spec
         self.log = runlog
         self.timeout_s = timeout_s
@@ -83,6 +89,8 @@ class Sessions:
                               f"client id {client_id!r} is in use: another process holds a live "
                               f"session (heard {self.silence(st):.1f}s ago); the id is free once "
                               f"that process has been silent for {self.timeout_s:g}s")
+            if self.admit is not None:
+                self.admit(st, profile)
             self._by_session.pop(st.session, None)
             st.session = uuid.uuid4().hex
             st.profile = profile

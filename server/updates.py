@@ -7,7 +7,6 @@ records them), the others leave the client free to try again.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +60,22 @@ def read_blob(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def check_update(tensors: dict[str, torch.Tensor], meta: dict[str, Any], inst: Instruction,
-                 rnd: int, cid: str) -> Update:
-    """The header names this round and client, a positive n_k and the planned upload kind;
-    the tensors are exactly the plan's (after a delta is applied to the round's state)."""
+                 rnd: int, cid: str, vouched: int | None) -> Update:
+    """The header names this round and client, the planned upload kind and the client's
+    ``vouched`` example count (fixed at admission), which is the weight folded, never the
+    header's own claim; the tensors are exactly the plan's (after a delta is applied to the
+    round's state)."""
     if meta.get("round") != rnd or meta.get("client") != cid:
         raise Refused(Status.INVALID_ARGUMENT,
                       f"blob header names round {meta.get('round')!r} and client "
                       f"{meta.get('client')!r}, expected {rnd} and {cid!r}")
-    weight = meta.get("num_examples")
-    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
-        raise Refused(Status.INVALID_ARGUMENT, "blob header lacks a positive num_examples")
+    if vouched is None:
+        raise Refused(Status.INVALID_ARGUMENT, f"client {cid!r} has declared no example count")
+    claimed = meta.get("num_examples")
+    if isinstance(claimed, bool) or not isinstance(claimed, (int, float)) or claimed != vouched:
+        raise Refused(Status.INVALID_ARGUMENT,
+                      f"blob header declares num_examples={claimed!r}, the client's count is "
+                      f"{vouched}, fixed when it declared it")
     if meta.get("upload_kind", "weights") != (inst.plan.upload_kind or "weights"):
         raise Refused(Status.INVALID_ARGUMENT,
                       f"blob is a {meta.get('upload_kind')!r} upload, the plan asks for "
@@ -78,7 +83,7 @@ def check_update(tensors: dict[str, torch.Tensor], meta: dict[str, Any], inst: I
     validate_update(tensors, inst.expected)
     if inst.plan.upload_kind == "delta":
         tensors = apply_delta(inst.tensors, tensors)
-    return Update(tensors, float(weight), [int(b) for b in meta.get("stage_bytes", [])])
+    return Update(tensors, float(vouched), [int(b) for b in meta.get("stage_bytes", [])])
 
 
 def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -78,7 +78,7 @@ def test_a_delta_update_is_folded_as_weights():
     delta = {"w": torch.full((2, 2), 0.5)}
     data = pack(delta, {"round": 3, "client": "c", "num_examples": 4, "upload_kind": "delta"},
                 Chain.parse([])).data
-    u = check_update(*read_blob(data), a_round().instructions["c"], 3, "c")
+    u = check_update(*read_blob(data), a_round().instructions["c"], 3, "c", 4)
     assert u.weight == 4.0
     torch.testing.assert_close(u.tensors["w"], torch.full((2, 2), 1.5))
 
@@ -88,11 +88,23 @@ def test_a_delta_update_is_folded_as_weights():
     {"round": 3, "client": "d", "num_examples": 4, "upload_kind": "delta"},
     {"round": 3, "client": "c", "num_examples": 0, "upload_kind": "delta"},
     {"round": 3, "client": "c", "num_examples": 4, "upload_kind": "weights"},
+    {"round": 3, "client": "c", "num_examples": 1e308, "upload_kind": "delta"},
+    {"round": 3, "client": "c", "num_examples": 5, "upload_kind": "delta"},
+    {"round": 3, "client": "c", "upload_kind": "delta"},
 ])
 def test_a_header_that_does_not_match_the_plan_is_invalid(header):
     data = pack({"w": torch.zeros(2, 2)}, header, Chain.parse([])).data
     inst = a_round().instructions["c"]
-    assert code(lambda: check_update(*read_blob(data), inst, 3, "c")) == Status.INVALID_ARGUMENT
+    assert code(lambda: check_update(*read_blob(data), inst, 3, "c", 4)) == Status.INVALID_ARGUMENT
+
+
+def test_an_update_from_a_client_without_a_vouched_count_is_invalid():
+    data = pack({"w": torch.zeros(2, 2)}, {"round": 3, "client": "c", "num_examples": 4,
+                                           "upload_kind": "delta"}, Chain.parse([])).data
+    inst = a_round().instructions["c"]
+    with pytest.raises(Refused) as e:
+        check_update(*read_blob(data), inst, 3, "c", None)
+    assert e.value.code == Status.INVALID_ARGUMENT and "no example count" in e.value.message
 
 
 def test_a_delta_that_overflows_is_invalid():
