@@ -144,6 +144,9 @@ class ServerConfig(Strict):
     max_upload_factor: float = Field(
         4.0, ge=1.0, description="an upload may be at most this times its raw tensor size"
     )
+    spool_bytes: int = Field(
+        16 << 20, ge=0, description="uploads larger than this are put together on disk, in "
+        "<run_dir>/spool/, rather than in memory (files removed once folded or refused)")
     threads: int = Field(0, ge=0, description="torch threads for evaluation; 0 = torch default")
     device: str = "cpu"
     eval_batch_size: int = Field(128, ge=1)
