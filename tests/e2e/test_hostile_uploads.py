@@ -165,6 +165,7 @@ def hostile(tmp_path_factory, tiny_model):
             growth[a.cid] = peak_rss(server.pid) - before
             results.update(a.results)
         codes = finish([server, *honest], timeout=300)
+        (run_dir / "peak-rss-growth.json").write_text(json.dumps(growth))  # for whoever reads the run
     finally:
         for p in (server, *honest):
             if p.poll() is None:
