@@ -60,7 +60,9 @@ class PartialUpload:
 
     def add(self, offset: int, data: bytes, digest: str) -> None:
         if self.released:
-            raise Refused(Status.FAILED_PRECONDITION, "this upload is already finished")
+            raise Refused(Status.FAILED_PRECONDITION,
+                          "this upload is over (folded, refused, replaced by another blob, or its "
+                          "round ended): ask UploadStatus")
         if offset != self.acked:
             kind = "overlaps" if offset < self.acked else "skips ahead of"
             raise Refused(Status.OUT_OF_RANGE,

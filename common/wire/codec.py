@@ -133,7 +133,7 @@ def _declared(label: str, stage: str, b: Bound, info: dict[str, Any]) -> tuple[i
         raise CodecError(f"tensor {label!r}: {stage} declares dtype {info.get('dtype')!r}, "
                          f"the plan says {dtype_name(b.dtype)}")
     if not b.admits(b.dtype, tuple(shape)):
-        raise CodecError(f"tensor {label!r}: {stage} declares shape {shape}, the plan allows "
+        raise CodecError(f"tensor {label!r}: {stage} declares shape {shape}, the plan says "
                          f"{b.describe()}")
     return tuple(shape)
 
@@ -420,7 +420,8 @@ class TopK(Stage):
         return out.reshape(info["shape"])
 
     def bound(self, label: str, b: Bound, info: dict[str, Any]) -> dict[str, Bound]:
-        if not b.dtype.is_floating_point or (not info and b.shape is not None and b.numel == 0):
+        if not b.dtype.is_floating_point or (not info and (b.shape is None or b.numel == 0)):
+            # passed through as encode does an empty tensor (a part that may be empty included)
             return _plain(label, "topk", info, b)
         n = math.prod(_declared(label, "topk", b, info))
         k = max(1, int(round(self.fraction * n)))
@@ -602,7 +603,7 @@ def check_wire(bounds: dict[str, Bound], found: dict[str, tuple[torch.dtype, tup
     for w, (dtype, shape) in found.items():
         if not bounds[w].admits(dtype, shape):
             raise CodecError(f"tensor {wire_label(names, w)!r}: wire part is {dtype_name(dtype)} "
-                             f"{list(shape)}, the plan allows {bounds[w].describe()}")
+                             f"{list(shape)}, the plan says {bounds[w].describe()}")
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def test_a_zstd_part_longer_than_zstd_can_make_of_its_tensor_is_refused_unread()
     def swap(wire):
         wire["1"] = as_bytes(bomb)
     msg = refusal(craft(["zstd:3"], wire_edit=swap), ["zstd:3"])
-    assert f"tensor {W!r}: wire part is uint8 [{len(bomb)}], the plan allows uint8 [<= 512] (zstd of 384 bytes)" in msg
+    assert f"tensor {W!r}: wire part is uint8 [{len(bomb)}], the plan says uint8 [<= 512] (zstd of 384 bytes)" in msg
 
 
 def test_a_zstd_frame_without_a_declared_size_is_inflated_only_up_to_its_tensor():
@@ -110,14 +110,14 @@ def test_a_topk_part_declaring_a_shape_other_than_the_plans_is_refused():
     def big(desc):
         desc["layers"][0]["1"]["i"]["shape"] = [1 << 30]
     msg = refusal(craft(SPARSE, big), SPARSE)
-    assert f"tensor {W!r}: topk declares shape [1073741824], the plan allows float32 [8, 12]" in msg
+    assert f"tensor {W!r}: topk declares shape [1073741824], the plan says float32 [8, 12]" in msg
 
 
 def test_topk_sending_more_entries_than_the_plans_fraction_is_refused():
     def more(wire):
         wire["1.idx"] = torch.ones(96, dtype=torch.int32)  # k is 48 of 96
     msg = refusal(craft(["topk:0.5"], wire_edit=more), ["topk:0.5"])
-    assert f"tensor '{W}.idx'" in msg and "the plan allows int32 [<= 48]" in msg
+    assert f"tensor '{W}.idx'" in msg and "the plan says int32 [<= 48]" in msg
 
 
 def test_an_int8_block_other_than_the_plans_chain_is_refused():
@@ -131,7 +131,7 @@ def test_int8_scales_that_do_not_match_the_block_count_are_refused():
     def fewer(wire):
         wire["1.scale"] = torch.ones(1)  # 96 values in blocks of 16 need 6 scales
     msg = refusal(craft(["int8:16"], wire_edit=fewer), ["int8:16"])
-    assert f"tensor '{W}.scale': wire part is float32 [1], the plan allows float32 [6]" in msg
+    assert f"tensor '{W}.scale': wire part is float32 [1], the plan says float32 [6]" in msg
 
 
 def test_a_wire_part_of_another_dtype_is_refused():
