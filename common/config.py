@@ -147,6 +147,9 @@ class ServerConfig(Strict):
     max_client_examples: int = Field(
         10_000_000, ge=1,
         description="the most training examples one client may declare: its aggregation weight")
+    spool_bytes: int = Field(
+        16 << 20, ge=0, description="uploads larger than this are put together on disk, in "
+        "<run_dir>/spool/, rather than in memory (files removed once folded or refused)")
     threads: int = Field(0, ge=0, description="torch threads for evaluation; 0 = torch default")
     device: str = "cpu"
     eval_batch_size: int = Field(128, ge=1)

@@ -35,7 +35,7 @@ from fedlora.server.runlog import RunLog
 from fedlora.server.sessions import ClientState, Sessions
 from fedlora.server.strategy import ClientInfo, Strategy
 from fedlora.server.transfers import Transfers
-from fedlora.server.updates import check_declared, check_update, read_blob
+from fedlora.server.updates import DECODE_SLOTS, check_declared, check_update, read_blob
 
 log = logging.getLogger("fedlora.server")
 
@@ -60,7 +60,8 @@ class Engine:
         self.counts = ExampleCounts(cfg.max_client_examples, shard_sizes, fixed_counts)
         self.sessions = Sessions(cfg.client_entries(), spec, runlog, self.cond,
                                  cfg.client_timeout_s, self.clock, admit=self._admit_profile)
-        self.transfers = Transfers()
+        self.transfers = Transfers(cfg.run_dir / "spool", cfg.spool_bytes)
+        self._decoding = threading.BoundedSemaphore(DECODE_SLOTS)  # decoded models held at once
         self.current: Round | None = None
         self.completed = completed
         self.checkpoint = checkpoint
@@ -107,17 +108,23 @@ class Engine:
             check_declared(require_open(self.current, rnd, cid), cid, total, digest)
             return cid
 
-    def submit(self, cid: str, rnd: int, data: bytes) -> None:
-        """Decodes, checks and folds one complete, verified blob; INVALID_ARGUMENT is final."""
+    def submit(self, cid: str, rnd: int, data: bytes | memoryview) -> None:
+        """Decodes, checks and folds one complete, verified blob; INVALID_ARGUMENT is final.
+        At most one update per client and round is folded, whatever streams delivered blobs
+        (a second one is refused ALREADY_EXISTS). Decoding runs outside the lock, at most
+        ``DECODE_SLOTS`` blobs at once, each bounded by the plan (:func:`read_blob`)."""
         try:
-            tensors, meta = read_blob(data)
             with self.cond:
                 r = self.current
                 inst = r.instructions.get(cid) if r is not None and r.number == rnd else None
                 vouched = self.counts.get(cid)
+                if inst is not None and cid in r.accepted:
+                    raise Refused(Status.ALREADY_EXISTS, f"round {rnd}: update already accepted")
             if inst is None:
                 raise Refused(Status.FAILED_PRECONDITION, f"round {rnd} is no longer open")
-            update = check_update(tensors, meta, inst, rnd, cid, vouched)
+            with self._decoding:
+                tensors, meta = read_blob(data, inst)
+                update = check_update(tensors, meta, inst, rnd, cid, vouched)
         except Refused as e:
             if e.code == Status.INVALID_ARGUMENT:
                 self._refuse(cid, rnd, e)
@@ -127,6 +134,8 @@ class Engine:
             if r is None or r.number != rnd or not r.open:
                 raise Refused(Status.FAILED_PRECONDITION,
                               f"round {rnd} closed while the update was being checked: late update refused")
+            if cid in r.accepted:  # another stream's blob was folded while this one was checked
+                raise Refused(Status.ALREADY_EXISTS, f"round {rnd}: update already accepted")
             self.strategy.fold(rnd, self.sessions.info(cid), update.tensors, update.weight)
             r.accepted[cid] = update.weight
             self.transfers.accepted(cid, rnd, len(data), tensor_bytes(update.tensors),

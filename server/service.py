@@ -120,10 +120,10 @@ class CoordinatorService(pbg.CoordinatorServicer):
         try:
             cid = self.engine.admit_upload(first.session_id, rnd, first.total_size,
                                            first.blob_digest)
+            part = self.transfers.upload(cid, rnd, first.total_size, first.blob_digest)
         except Refused as e:
             self._abort(context, e, "upload")
             return pb.UploadReply()
-        part = self.transfers.upload(cid, rnd, first.total_size, first.blob_digest)
         received = 0
         grpc_bytes = 0
         try:

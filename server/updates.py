@@ -15,6 +15,7 @@ import torch
 from fedlora.common.errors import Refused, Status
 from fedlora.common.model import REPORT_PREFIX
 from fedlora.common.wire.blob import BlobError, unpack
+from fedlora.common.wire.codec import Expectation
 from fedlora.server.rounds import Round
 from fedlora.server.strategy import Instruction
 from fedlora.server.validate import validate_update
@@ -51,10 +52,18 @@ def check_declared(r: Round, cid: str, total: int, digest: str) -> None:
         raise Refused(Status.INVALID_ARGUMENT, "upload declares no sha256 blob digest")
 
 
-def read_blob(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and header of a verified blob; an undecodable one is a final refusal."""
+# Blobs decoded at once on the coordinator: N clients finishing together hold at most this many
+# decoded updates (each bounded by its plan), not N.
+DECODE_SLOTS = 2
+
+
+def read_blob(data: bytes | memoryview, inst: Instruction) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and header of a verified blob, decoded within the client's plan: its chain must
+    be the plan's upload codec and every size it declares within the expected tensors', checked
+    before anything is decoded. An undecodable or out-of-plan blob is a final refusal naming
+    the tensor and what was wrong."""
     try:
-        return unpack(data)
+        return unpack(data, Expectation.of(inst.plan.upload_codec.stages, inst.expected))
     except BlobError as e:
         raise Refused(Status.INVALID_ARGUMENT, f"undecodable update: {e}") from None
 

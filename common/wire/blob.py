@@ -22,11 +22,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedlora.common.wire.chunks import sha256
-from fedlora.common.wire.codec import Chain
+from fedlora.common.wire.codec import Chain, CodecError, Expectation, check_wire, inflate
 from fedlora.common.wire.stats import tensor_bytes
 
 HEADER_KEY = "fedlora"
 CODEC_TENSOR = "__codec__"
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+              "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 class BlobError(ValueError):
@@ -64,15 +67,15 @@ def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any], chain: Chain)
     return Blob(data, sha256(data), tensor_bytes(tensors), stage_bytes, tuple(chain.specs()))
 
 
-def read_header(data: bytes) -> dict[str, Any]:
+def read_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """fedlora's header of a blob, without decoding any tensor."""
     if len(data) < 8:
         raise BlobError(f"blob of {len(data)} bytes is too short for a safetensors header")
-    (n,) = struct.unpack("<Q", data[:8])
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
     if n > len(data) - 8:
         raise BlobError("safetensors header length exceeds the blob")
     try:
-        st_header = json.loads(data[8 : 8 + n])
+        st_header = json.loads(bytes(data[8 : 8 + n]))
         raw = (st_header.get("__metadata__") or {}).get(HEADER_KEY)
         header = json.loads(raw) if raw else {}
     except (ValueError, AttributeError) as e:
@@ -82,11 +85,22 @@ def read_header(data: bytes) -> dict[str, Any]:
     return header
 
 
-def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Decodes a blob to its tensors (original names) and its header."""
+def unpack(data: bytes | bytearray | memoryview,
+           expect: Expectation | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Decodes a blob to its tensors (original names) and its header.
+
+    With ``expect`` (the coordinator, reading an upload) nothing the blob declares is trusted:
+    the codec description is inflated to at most what the plan's tensors need, checked against
+    the plan's chain and tensors, and every wire tensor's dtype and shape against it, all before
+    any tensor is read; each part is then inflated to exactly its planned size
+    (:class:`CodecError` otherwise, as a :class:`BlobError`). ``data`` may be any buffer (a
+    ``bytearray`` upload, an ``mmap`` of a spooled one): only each tensor is copied out.
+    """
     header = read_header(data)
+    if expect is not None:
+        return _unpack_checked(memoryview(data), expect), header
     try:
-        wire = st_load(data)
+        wire = st_load(bytes(data))
     except Exception as e:  # safetensors raises its own error types
         raise BlobError(f"not a valid safetensors blob: {e}") from None
     codec = wire.pop(CODEC_TENSOR, None)
@@ -98,3 +112,63 @@ def unpack(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError, zstandard.ZstdError) as e:
         raise BlobError(f"cannot decode codec chain: {e}") from None
 
+
+def _entries(view: memoryview) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
+    """The safetensors header's tensors: dtype, shape and absolute byte range, each checked to
+    lie within the blob and to be exactly the size its dtype and shape need."""
+    (n,) = struct.unpack("<Q", view[:8])
+    body = 8 + n
+    try:
+        raw = json.loads(bytes(view[8:body]))
+    except ValueError as e:
+        raise BlobError(f"blob header is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise BlobError("blob header is not a JSON object")
+    out = {}
+    for name, e in raw.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _ST_DTYPES[e["dtype"]]
+            shape = tuple(int(d) for d in e["shape"])
+            begin, end = (int(x) for x in e["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise BlobError(f"blob header entry {name!r} is malformed") from None
+        size = torch.empty((), dtype=dtype).element_size()
+        for d in shape:
+            size *= d
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(view) - body or end - begin != size:
+            raise BlobError(f"blob header entry {name!r} does not fit the blob")
+        out[name] = (dtype, shape, body + begin, body + end)
+    return out
+
+
+def _read(view: memoryview, entry: tuple[torch.dtype, tuple[int, ...], int, int]) -> torch.Tensor:
+    dtype, shape, begin, end = entry
+    raw = bytearray(view[begin:end])
+    if not raw:
+        return torch.empty(shape, dtype=dtype)
+    target = torch.uint8 if dtype == torch.bool else dtype
+    t = torch.frombuffer(raw, dtype=target).reshape(shape)
+    return t.to(torch.bool) if dtype == torch.bool else t
+
+
+def _unpack_checked(view: memoryview, expect: Expectation) -> dict[str, torch.Tensor]:
+    entries = _entries(view)
+    codec = entries.pop(CODEC_TENSOR, None)
+    if codec is None or codec[0] != torch.uint8 or len(codec[1]) != 1:
+        raise BlobError(f"blob has no {CODEC_TENSOR} description")
+    try:
+        meta = inflate(bytes(view[codec[2]:codec[3]]), expect.description_bytes(), exact=False)
+        try:
+            desc = json.loads(meta)
+        except ValueError as e:
+            raise CodecError(f"codec description is not JSON: {e}") from None
+        bounds = Chain.bounds(desc, expect)
+        check_wire(bounds, {w: (e[0], e[1]) for w, e in entries.items()}, desc["names"])
+        wire = {w: _read(view, e) for w, e in entries.items()}
+        return Chain.decode(wire, meta.decode(), expect)
+    except CodecError as e:
+        raise BlobError(str(e)) from None
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+        raise BlobError(f"cannot decode codec chain: {e}") from None

@@ -13,6 +13,7 @@ list of specs into stage objects and rejects unknown names with the offending sp
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ import torch
 import zstandard
 
 Parts = dict[str, torch.Tensor]
+TensorSpec = tuple[tuple[int, ...], torch.dtype]  # what the plan expects of one tensor
 
 _DTYPES: dict[str, torch.dtype] = {
     str(d).removeprefix("torch."): d
@@ -58,6 +60,92 @@ def tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: list[int]) -> torc
     return out.to(torch.bool) if dtype == torch.bool else out
 
 
+class CodecError(ValueError):
+    """A blob whose codec description or parts are not what the plan allows: the message names
+    the tensor and what was wrong. Raised before anything the size of the claim is allocated."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What one tensor may be at one point of a chain, derived from the plan alone: its dtype
+    and its exact shape, or (``shape`` None) one dimension of at most ``max_numel`` elements,
+    for the parts whose length depends on the data (compressed bytes, top-k entries)."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...] | None
+    max_numel: int = 0
+    note: str = ""  # what the bound comes from, for messages
+
+    @property
+    def numel(self) -> int:
+        """Exact element count, or the most there may be."""
+        return math.prod(self.shape) if self.shape is not None else self.max_numel
+
+    def admits(self, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+        if dtype != self.dtype:
+            return False
+        if self.shape is not None:
+            return tuple(shape) == self.shape
+        return len(shape) == 1 and shape[0] <= self.max_numel
+
+    def describe(self) -> str:
+        shape = list(self.shape) if self.shape is not None else f"[<= {self.max_numel}]"
+        return f"{dtype_name(self.dtype)} {shape}" + (f" ({self.note})" if self.note else "")
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def zstd_bound(nbytes: int) -> int:
+    """The most bytes zstd can turn ``nbytes`` into (``ZSTD_COMPRESSBOUND``) plus a frame."""
+    return nbytes + (nbytes >> 8) + (((128 << 10) - nbytes) >> 11 if nbytes < 128 << 10 else 0) + 64
+
+
+def inflate(data: bytes, limit: int, exact: bool) -> bytes:
+    """One zstd frame inflated to at most (``exact``: exactly) ``limit`` bytes. A frame that
+    declares more is refused before any allocation (zstandard would allocate what the frame
+    declares, whatever ``max_output_size`` says); one without a declared size is inflated into
+    a ``limit``-byte buffer, and refused if it does not fit."""
+    want = f"{'exactly' if exact else 'at most'} {limit} bytes"
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as e:
+        raise CodecError(f"not a zstd frame ({e})") from None
+    if declared != -1 and (declared > limit or (exact and declared != limit)):
+        raise CodecError(f"zstd frame declares {declared} bytes, the plan allows {want}")
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(limit, 1),
+                                                      allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise CodecError(f"zstd frame does not inflate to {want} ({e})") from None
+    if len(out) > limit or (exact and len(out) != limit):
+        raise CodecError(f"zstd frame inflates to {len(out)} bytes, the plan allows {want}")
+    return out
+
+
+def _declared(label: str, stage: str, b: Bound, info: dict[str, Any]) -> tuple[int, ...]:
+    """The shape a stage's info declares for ``label``, if the bound admits it (and its dtype)."""
+    shape = info.get("shape")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise CodecError(f"tensor {label!r}: {stage} declares no valid shape ({shape!r})")
+    if info.get("dtype") != dtype_name(b.dtype):
+        raise CodecError(f"tensor {label!r}: {stage} declares dtype {info.get('dtype')!r}, "
+                         f"the plan says {dtype_name(b.dtype)}")
+    if not b.admits(b.dtype, tuple(shape)):
+        raise CodecError(f"tensor {label!r}: {stage} declares shape {shape}, the plan says "
+                         f"{b.describe()}")
+    return tuple(shape)
+
+
+def _plain(label: str, stage: str, info: dict[str, Any], b: Bound) -> dict[str, Bound]:
+    """A tensor the stage passes through untouched: it must declare nothing."""
+    if info:
+        raise CodecError(f"tensor {label!r}: {stage} passes {dtype_name(b.dtype)} tensors through, "
+                         f"yet declares {sorted(info)}")
+    return {"": b}
+
+
 class Stage(ABC):
     """One step of a codec chain. ``lossless`` stages round-trip bit-exactly; lossy ones
     document their error bound in their docstring and have a test of it.
@@ -76,6 +164,12 @@ class Stage(ABC):
 
     @abstractmethod
     def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def bound(self, label: str, b: Bound, info: dict[str, Any]) -> dict[str, Bound]:
+        """The parts :meth:`encode` makes of a tensor within ``b``, if ``info`` is what it
+        would have written for one; else :class:`CodecError`. How a receiver checks a blob
+        against the plan before decoding anything."""
 
     def spec(self) -> str:
         return self.name
@@ -106,6 +200,9 @@ class Identity(Stage):
     def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
         return parts[""]
 
+    def bound(self, label: str, b: Bound, info: dict[str, Any]) -> dict[str, Bound]:
+        return _plain(label, self.name, info, b)
+
 
 @dataclass
 class Zstd(Stage):
@@ -132,8 +229,13 @@ class Zstd(Stage):
         return {"": arr}, {"dtype": dtype_name(t.dtype), "shape": list(t.shape)}
 
     def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
-        raw = zstandard.ZstdDecompressor().decompress(tensor_to_bytes(parts[""]))
-        return tensor_from_bytes(raw, dtype_from_name(info["dtype"]), info["shape"])
+        dtype, shape = dtype_from_name(info["dtype"]), [int(d) for d in info["shape"]]
+        raw = inflate(tensor_to_bytes(parts[""]), math.prod(shape) * element_size(dtype), exact=True)
+        return tensor_from_bytes(raw, dtype, shape)
+
+    def bound(self, label: str, b: Bound, info: dict[str, Any]) -> dict[str, Bound]:
+        nbytes = math.prod(_declared(label, self.name, b, info)) * element_size(b.dtype)
+        return {"": Bound(torch.uint8, None, zstd_bound(nbytes), f"zstd of {nbytes} bytes")}
 
 
 @dataclass
@@ -172,6 +274,15 @@ class Cast(Stage):
     def decode(self, parts: Parts, info: dict[str, Any]) -> torch.Tensor:
         t = parts[""]
         return t.to(dtype_from_name(info["dtype"])) if "dtype" in info else t
+
+    def bound(self, label: str, b: Bound, info: dict[str, Any]) -> dict[str, Bound]:
+        target = self.TARGETS[self.target]
+        if not b.dtype.is_floating_point or b.dtype == target:
+            return _plain(label, self.target, info, b)
+        if info != {"dtype": dtype_name(b.dtype)}:
+            raise CodecError(f"tensor {label!r}: {self.target} cast of a {dtype_name(b.dtype)} "
+                             f"tensor declares {info!r}")
+        return {"": Bound(target, b.shape, b.max_numel)}
 
 
 @dataclass
@@ -215,10 +326,22 @@ class Int8(Stage):
             return parts[""]
         q, scale, block = parts["q"], parts["scale"], int(info["block"])
         n = q.numel()
+        if n != math.prod(info["shape"]) or scale.numel() != -(-n // block):
+            raise CodecError(f"int8 parts of {n} codes and {scale.numel()} scales do not fit "
+                             f"shape {info['shape']} in blocks of {block}")
         pad = (-n) % block
         blocks = torch.nn.functional.pad(q.to(torch.float32), (0, pad)).reshape(-1, block)
         out = (blocks * scale.to(torch.float32)[:, None]).reshape(-1)[:n]
         return out.reshape(info["shape"]).to(dtype_from_name(info["dtype"]))
+
+    def bound(self, label: str, b: Bound, info: dict[str, Any]) -> dict[str, Bound]:
+        if not b.dtype.is_floating_point:
+            return _plain(label, self.spec(), info, b)
+        if info.get("block") != self.block:
+            raise CodecError(f"tensor {label!r}: int8 block {info.get('block')!r}, the plan's "
+                             f"chain says {self.block}")
+        n = math.prod(_declared(label, "int8", b, info))
+        return {"q": Bound(torch.int8, (n,)), "scale": Bound(torch.float32, (-(-n // self.block),))}
 
 
 @dataclass
@@ -283,6 +406,9 @@ class TopK(Stage):
         n = 1
         for d in info["shape"]:
             n *= int(d)
+        if parts["idx"].numel() != parts["val"].numel() or parts["idx"].numel() > n:
+            raise CodecError(f"topk sends {parts['idx'].numel()} indices and {parts['val'].numel()} "
+                             f"values for {n} elements")
         gaps = parts["idx"].to(torch.int64)
         if gaps.numel() > 1 and int(gaps[1:].min()) <= 0:
             raise ValueError("topk indices must be strictly increasing")
@@ -292,6 +418,15 @@ class TopK(Stage):
         out = torch.zeros(n, dtype=dtype)
         out[idx] = parts["val"].to(dtype)
         return out.reshape(info["shape"])
+
+    def bound(self, label: str, b: Bound, info: dict[str, Any]) -> dict[str, Bound]:
+        if not b.dtype.is_floating_point or (not info and (b.shape is None or b.numel == 0)):
+            # passed through as encode does an empty tensor (a part that may be empty included)
+            return _plain(label, "topk", info, b)
+        n = math.prod(_declared(label, "topk", b, info))
+        k = max(1, int(round(self.fraction * n)))
+        index = torch.int32 if n < 2**31 else torch.int64
+        return {"idx": Bound(index, None, k), "val": Bound(b.dtype, None, k)}
 
 
 STAGES: dict[str, type[Stage]] = {
@@ -371,17 +506,124 @@ class Chain:
         return current, meta, sizes
 
     @staticmethod
-    def decode(wire: Parts, meta: str) -> dict[str, torch.Tensor]:
-        """Undoes a chain described by ``meta`` (the chain is read from the blob itself)."""
+    def bounds(desc: Any, expect: "Expectation") -> dict[str, Bound]:
+        """Checks a blob's codec description against the plan (its chain, the expected
+        tensors, every shape, dtype and block it declares) and returns what each wire tensor
+        may be. Nothing is decoded or allocated here; :class:`CodecError` names what is wrong."""
+        if not isinstance(desc, dict):
+            raise CodecError("codec description is not a JSON object")
+        stages, names, layers = desc.get("stages"), desc.get("names"), desc.get("layers")
+        if not (isinstance(stages, list) and all(isinstance(x, str) for x in stages)):
+            raise CodecError(f"codec description names no chain ({stages!r})")
+        try:
+            theirs = Chain.parse(stages).specs()
+        except ValueError as e:
+            raise CodecError(f"codec chain {stages}: {e}") from None
+        if theirs != list(expect.chain):
+            raise CodecError(f"codec chain {theirs} is not the plan's {list(expect.chain)}")
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise CodecError("codec description lists no tensor names")
+        if len(set(names)) != len(names):
+            raise CodecError("codec description lists a tensor name twice")
+        extra = sorted(set(names) - set(expect.tensors))
+        if extra:
+            raise CodecError(f"tensor {extra[0]!r} is not in the plan")
+        if not (isinstance(layers, list) and len(layers) == len(stages)):
+            raise CodecError("codec description has not one layer per stage")
+        current = {str(i): Bound(expect.tensors[n][1], tuple(expect.tensors[n][0]))
+                   for i, n in enumerate(names)}
+        for stage, layer in zip(Chain.parse(expect.chain).stages, layers):
+            if not isinstance(layer, dict) or set(layer) != set(current):
+                raise CodecError(f"codec description's {stage.spec()} layer does not list the "
+                                 f"tensors the chain makes")
+            nxt: dict[str, Bound] = {}
+            for w, b in current.items():
+                label = wire_label(names, w)
+                entry = layer[w]
+                parts = entry.get("p", [""]) if isinstance(entry, dict) else None
+                info = entry.get("i", {}) if isinstance(entry, dict) else None
+                if not isinstance(info, dict):
+                    raise CodecError(f"tensor {label!r}: {stage.spec()} entry is malformed")
+                out = stage.bound(label, b, info)
+                if parts != list(out):
+                    raise CodecError(f"tensor {label!r}: {stage.spec()} parts {parts!r}, the "
+                                     f"stage makes {list(out)}")
+                for key, part in out.items():
+                    nxt[w if key == "" else f"{w}.{key}"] = part
+            current = nxt
+        return current
+
+    @staticmethod
+    def decode(wire: Parts, meta: str, expect: "Expectation | None" = None) -> dict[str, torch.Tensor]:
+        """Undoes a chain described by ``meta``. With ``expect`` (what a receiver planned: the
+        coordinator, for uploads) the description and every wire tensor are first checked
+        against it (:meth:`bounds`, :func:`check_wire`); without, the chain is read from the
+        blob itself (a client trusting its coordinator's downloads)."""
         desc = json.loads(meta)
-        stages = [parse_stage(s) for s in desc["stages"]]
+        if expect is not None:
+            check_wire(Chain.bounds(desc, expect), {w: (t.dtype, tuple(t.shape)) for w, t in wire.items()},
+                       desc["names"])
+            stages = Chain.parse(expect.chain).stages
+        else:
+            stages = [parse_stage(s) for s in desc["stages"]]
+        names = desc["names"]
         current = dict(wire)
         for stage, layer in zip(reversed(stages), reversed(desc["layers"])):
             prev: dict[str, torch.Tensor] = {}
             for wire_name, entry in layer.items():
                 keys = entry.get("p", [""])
                 parts = {k: current[wire_name if k == "" else f"{wire_name}.{k}"] for k in keys}
-                prev[wire_name] = stage.decode(parts, entry.get("i", {}))
+                try:
+                    prev[wire_name] = stage.decode(parts, entry.get("i", {}))
+                except CodecError as e:
+                    raise CodecError(f"tensor {wire_label(names, wire_name)!r}: {stage.name}: {e}") from None
             current = prev
-        names = desc["names"]
         return {names[int(w)]: t for w, t in current.items()}
+
+
+def wire_label(names: list[str], wire_name: str) -> str:
+    """The readable name of a wire tensor: ``3.val.q`` of ``w`` is ``w.val.q``."""
+    head, _, rest = wire_name.partition(".")
+    try:
+        base = names[int(head)]
+    except (ValueError, IndexError):
+        return wire_name
+    return f"{base}.{rest}" if rest else base
+
+
+def check_wire(bounds: dict[str, Bound], found: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+               names: list[str]) -> None:
+    """The wire tensors are exactly those the checked description makes, each within its bound."""
+    extra = sorted(set(found) - set(bounds))
+    if extra:
+        raise CodecError(f"wire tensor {extra[0]!r} is not one the codec chain makes")
+    missing = sorted(set(bounds) - set(found))
+    if missing:
+        raise CodecError(f"tensor {wire_label(names, missing[0])!r}: wire part missing")
+    for w, (dtype, shape) in found.items():
+        if not bounds[w].admits(dtype, shape):
+            raise CodecError(f"tensor {wire_label(names, w)!r}: wire part is {dtype_name(dtype)} "
+                             f"{list(shape)}, the plan says {bounds[w].describe()}")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a receiver planned for a blob: the codec chain (normalised specs) and every
+    tensor's shape and dtype by original name. Built from the round's Instruction; every size
+    a blob declares is checked against it before anything is decoded."""
+
+    chain: tuple[str, ...]
+    tensors: dict[str, TensorSpec]
+
+    @classmethod
+    def of(cls, stages: list[str] | tuple[str, ...], tensors: dict[str, TensorSpec]) -> "Expectation":
+        return cls(tuple(Chain.parse(list(stages)).specs()),
+                   {n: (tuple(int(d) for d in s), d) for n, (s, d) in tensors.items()})
+
+    def description_bytes(self) -> int:
+        """The most bytes an honest codec description of these tensors takes: the names once,
+        and per stage an entry (part keys, dtype, shape, block) for each of at most three parts
+        per tensor. The ``__codec__`` tensor is inflated to at most this."""
+        per_entry = 160 + 24 * max((len(s) for s, _ in self.tensors.values()), default=0)
+        names = sum(len(json.dumps(n)) + 1 for n in self.tensors)
+        return 4096 + names + 3 * len(self.tensors) * (len(self.chain) + 1) * per_entry

@@ -105,7 +105,88 @@ def test_an_accepted_upload_reports_complete_and_releases_its_buffer():
     t.accepted("c", 1, len(DATA), tensor_bytes=4096, stage_bytes=[4096, 2000])
     s = t.status("c", 1)
     assert (s.acked_offset, s.total_size, s.complete) == (len(DATA), len(DATA), True)
-    assert t.upload("c", 1, len(DATA), sha256(DATA)) is not part
+    assert part.released and part.held == 0  # whoever still holds the object (an open stream)
+
+
+def test_no_new_upload_starts_for_a_client_already_accepted_in_the_round():
+    t, part = started()
+    send(t, part)
+    t.accepted("c", 1, len(DATA), tensor_bytes=4096, stage_bytes=[])
+    other = DATA[::-1]  # a second stream admitted before the fold, declaring another blob
+    with pytest.raises(Refused) as e:
+        t.upload("c", 1, len(other), sha256(other))
+    assert e.value.code == Status.ALREADY_EXISTS
+    assert t.take("c", 1) is None
+
+
+def test_a_stream_still_holding_a_folded_upload_can_add_nothing():
+    t, part = started()
+    send(t, part, upto=CHUNK)
+    t.drop("c", 1)
+    with pytest.raises(Refused) as e:
+        t.add(part, CHUNK, DATA[CHUNK:2 * CHUNK], sha256(DATA[CHUNK:2 * CHUNK]))
+    assert e.value.code == Status.FAILED_PRECONDITION and part.held == 0
+
+
+def test_the_blob_digest_is_computed_as_chunks_arrive_and_the_blob_is_not_copied():
+    t, part = started()
+    send(t, part)
+    view = t.take("c", 1)
+    assert isinstance(view, memoryview) and view == DATA and part.held == len(DATA)
+
+
+def spooling(tmp_path, total: int = len(DATA)) -> tuple[Transfers, object]:
+    t = Transfers(spool_dir=tmp_path / "spool", spool_bytes=total - 1)
+    t.open(1)
+    return t, t.upload("c", 1, total, sha256(DATA))
+
+
+def test_an_upload_above_the_spool_threshold_is_put_together_on_disk(tmp_path):
+    t, part = spooling(tmp_path)
+    send(t, part, upto=2 * CHUNK)
+    assert part.held == 0 and part.spool.parent == tmp_path / "spool"
+    assert part.spool.stat().st_size == 2 * CHUNK
+    send_rest = [(o, c) for o, c in iter_chunks(DATA, CHUNK) if o >= 2 * CHUNK]
+    for off, c in send_rest:
+        t.add(part, off, c, sha256(c))
+    assert t.take("c", 1) == DATA
+
+
+def test_an_upload_at_or_below_the_threshold_stays_in_memory(tmp_path):
+    t = Transfers(spool_dir=tmp_path / "spool", spool_bytes=len(DATA))
+    t.open(1)
+    part = t.upload("c", 1, len(DATA), sha256(DATA))
+    send(t, part)
+    assert part.spool is None and part.held == len(DATA)
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+@pytest.mark.parametrize("end", ["accepted", "drop", "open"])
+def test_a_spool_file_is_removed_at_fold_refusal_and_round_end(tmp_path, end):
+    t, part = spooling(tmp_path)
+    send(t, part)
+    view = t.take("c", 1)
+    {"accepted": lambda: t.accepted("c", 1, len(DATA), 1, []), "drop": lambda: t.drop("c", 1),
+     "open": lambda: t.open(2)}[end]()
+    assert list((tmp_path / "spool").iterdir()) == []
+    assert view == DATA  # a blob being decoded keeps its mapping until it is let go
+
+
+def test_leftover_spool_files_of_an_earlier_process_are_removed_on_start(tmp_path):
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "7.part").write_bytes(b"x" * 10)
+    Transfers(spool_dir=tmp_path / "spool")
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_spooled_digest_mismatch_starts_the_file_over(tmp_path):
+    t = Transfers(spool_dir=tmp_path / "spool", spool_bytes=1)
+    t.open(1)
+    part = t.upload("c", 1, len(DATA), sha256(b"other"))
+    send(t, part)
+    with pytest.raises(Refused):
+        t.take("c", 1)
+    assert part.acked == 0 and part.spool.stat().st_size == 0
 
 
 def test_a_final_refusal_drops_the_partial_upload():

@@ -71,14 +71,15 @@ def test_an_upload_without_size_or_digest_is_invalid(total, digest):
 
 
 def test_an_undecodable_blob_is_invalid():
-    assert code(lambda: read_blob(b"not a blob at all")) == Status.INVALID_ARGUMENT
+    assert code(lambda: read_blob(b"not a blob at all", a_round().instructions["c"])) == Status.INVALID_ARGUMENT
 
 
 def test_a_delta_update_is_folded_as_weights():
     delta = {"w": torch.full((2, 2), 0.5)}
     data = pack(delta, {"round": 3, "client": "c", "num_examples": 4, "upload_kind": "delta"},
                 Chain.parse([])).data
-    u = check_update(*read_blob(data), a_round().instructions["c"], 3, "c", 4)
+    inst = a_round().instructions["c"]
+    u = check_update(*read_blob(data, inst), inst, 3, "c", 4)
     assert u.weight == 4.0
     torch.testing.assert_close(u.tensors["w"], torch.full((2, 2), 1.5))
 
@@ -95,7 +96,7 @@ def test_a_delta_update_is_folded_as_weights():
 def test_a_header_that_does_not_match_the_plan_is_invalid(header):
     data = pack({"w": torch.zeros(2, 2)}, header, Chain.parse([])).data
     inst = a_round().instructions["c"]
-    assert code(lambda: check_update(*read_blob(data), inst, 3, "c", 4)) == Status.INVALID_ARGUMENT
+    assert code(lambda: check_update(*read_blob(data, inst), inst, 3, "c", 4)) == Status.INVALID_ARGUMENT
 
 
 def test_an_update_from_a_client_without_a_vouched_count_is_invalid():
@@ -103,8 +104,17 @@ def test_an_update_from_a_client_without_a_vouched_count_is_invalid():
                                            "upload_kind": "delta"}, Chain.parse([])).data
     inst = a_round().instructions["c"]
     with pytest.raises(Refused) as e:
-        check_update(*read_blob(data), inst, 3, "c", None)
+        check_update(*read_blob(data, inst), inst, 3, "c", None)
     assert e.value.code == Status.INVALID_ARGUMENT and "no example count" in e.value.message
+
+
+
+def test_a_blob_under_a_chain_other_than_the_plans_is_invalid_and_names_the_chain():
+    data = pack({"w": torch.zeros(2, 2)}, {"round": 3, "client": "c", "num_examples": 4,
+                                           "upload_kind": "delta"}, Chain.parse(["zstd:3"])).data
+    with pytest.raises(Refused) as e:
+        read_blob(data, a_round().instructions["c"])
+    assert e.value.code == Status.INVALID_ARGUMENT and "codec chain ['zstd:3'] is not the plan's []" in e.value.message
 
 
 def test_a_delta_that_overflows_is_invalid():

@@ -1,0 +1,59 @@
+"""Engine.submit folds one update per client and round, whatever calls hand blobs over: the
+interleaving a second upload stream can produce (admitted before the first blob's fold,
+delivering after it), replayed without sockets."""
+
+import pytest
+import torch
+
+from fedlora.common.config import ServerConfig
+from fedlora.common.errors import Refused, Status
+from fedlora.common.evaluate import Score
+from fedlora.common.wire.blob import pack
+from fedlora.common.wire.codec import Chain
+from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.engine import Engine
+from fedlora.server.rounds import Round
+from fedlora.server.runlog import RunLog
+from fedlora.server.strategy import Instruction
+
+CHAIN = ["zstd:3"]
+
+
+class Folds:
+    """The strategy's part in submit: it records what it is asked to fold."""
+
+    def __init__(self) -> None:
+        self.weights: list[float] = []
+
+    def fold(self, rnd, client, tensors, weight) -> None:
+        self.weights.append(weight)
+
+
+def engine_in_round(tmp_path) -> tuple[Engine, Folds]:
+    cfg = ServerConfig(clients=[{"id": "c", "token": "t"}], min_clients=1, run_dir=tmp_path)
+    folds = Folds()
+    eng = Engine(cfg, folds, pb.RunSpec(), RunLog(tmp_path), lambda: Score(0.0, 0.0, 0))
+    plan = pb.Plan(round=1, upload_kind="weights", upload_codec=pb.Codec(stages=CHAIN))
+    inst = Instruction(plan, {"w": torch.zeros(2)}, {"w": ((2,), torch.float32)})
+    eng.transfers.open(1)
+    eng.current = Round(1, 0, {"c": inst}, {}, deadline=float("inf"), started=0.0)
+    return eng, folds
+
+
+def blob(n: int) -> bytes:
+    return pack({"w": torch.ones(2)}, {"round": 1, "client": "c", "num_examples": n},
+                Chain.parse(CHAIN)).data
+
+
+def test_a_second_blob_of_an_accepted_client_is_refused_and_not_folded(tmp_path):
+    eng, folds = engine_in_round(tmp_path)
+    eng.submit("c", 1, blob(10))
+    with pytest.raises(Refused) as e:
+        eng.submit("c", 1, blob(11))
+    assert e.value.code == Status.ALREADY_EXISTS
+    assert folds.weights == [10.0] and eng.current.accepted == {"c": 10.0}
+
+
+def test_the_spool_folder_is_in_the_run_folder(tmp_path):
+    eng, _ = engine_in_round(tmp_path)
+    assert eng.transfers.spool_dir == tmp_path / "spool" and eng.transfers.spool_dir.is_dir()
