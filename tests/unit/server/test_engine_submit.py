@@ -35,6 +35,7 @@ def engine_in_round(tmp_path) -> tuple[Engine, Folds]:
     eng = Engine(cfg, folds, pb.RunSpec(), RunLog(tmp_path), lambda: Score(0.0, 0.0, 0))
     plan = pb.Plan(round=1, upload_kind="weights", upload_codec=pb.Codec(stages=CHAIN))
     inst = Instruction(plan, {"w": torch.zeros(2)}, {"w": ((2,), torch.float32)})
+    eng.counts.fix("c", 10)  # the count it declared at join
     eng.transfers.open(1)
     eng.current = Round(1, 0, {"c": inst}, {}, deadline=float("inf"), started=0.0)
     return eng, folds
@@ -49,7 +50,7 @@ def test_a_second_blob_of_an_accepted_client_is_refused_and_not_folded(tmp_path)
     eng, folds = engine_in_round(tmp_path)
     eng.submit("c", 1, blob(10))
     with pytest.raises(Refused) as e:
-        eng.submit("c", 1, blob(11))
+        eng.submit("c", 1, blob(10))
     assert e.value.code == Status.ALREADY_EXISTS
     assert folds.weights == [10.0] and eng.current.accepted == {"c": 10.0}
 
