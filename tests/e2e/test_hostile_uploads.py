@@ -112,8 +112,10 @@ def attack(a: Attacker, rnd: int, glob: dict[str, torch.Tensor]) -> None:
         data = a.craft(rnd, delta, plan_chain, desc_edit=wide, wire_edit=swap)
     elif a.cid == "foreign_chain":  # a well-formed blob under a chain the plan did not ask for
         data = a.craft(rnd, delta, Chain.parse(["zstd:3"]))
-    else:  # racing_streams: valid blobs (n_k 100, 101, ...) on streams opened first, then all sent at once
-        blobs = [a.craft(rnd, delta, plan_chain, n=100 + i) for i in range(RACERS)]
+    else:  # racing_streams: valid, distinct blobs (deltas scaled 1, 2, ...: the count must be the
+        # one declared at join) on streams opened first, then all sent at once
+        blobs = [a.craft(rnd, {k: v * (i + 1) for k, v in delta.items()}, plan_chain)
+                 for i in range(RACERS)]
         go = threading.Event()
         codes: list[grpc.StatusCode] = [grpc.StatusCode.UNKNOWN] * len(blobs)
 
