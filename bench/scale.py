@@ -55,7 +55,8 @@ from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
-NUM_EXAMPLES = 100          # what every bench client declares at join, in reports and headers
+NUM_EXAMPLES = 2            # every client declares this at join, in reports and headers: the
+# coordinator caps a count at its built-in shard's size, and every shard holds at least 2
 POLL_S = 0.02               # how often the coordinator's /proc files and records are read
 START_TIMEOUT_S = 300.0     # model load and data split before coordinator.json appears
 
