@@ -26,7 +26,9 @@ def start_server(run_dir: Path, config: dict) -> tuple[subprocess.Popen, str]:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "test-config.yaml"
     transport = {} if "tls" in config or "insecure" in config else {"insecure": True}
-    cfg_path.write_text(yaml.safe_dump({"port": 0, "run_dir": str(run_dir), **transport, **config}))
+    auth = {} if "open_run" in config or has_credentials(config) else {"open_run": True}
+    cfg_path.write_text(yaml.safe_dump({"port": 0, "run_dir": str(run_dir), **transport, **auth,
+                                        **config}))
     proc = cli("server", "--config", str(cfg_path), log=run_dir / "logs" / "coordinator.log")
     addr_file = run_dir / "coordinator.json"
     end = time.time() + 180
@@ -36,6 +38,14 @@ def start_server(run_dir: Path, config: dict) -> tuple[subprocess.Popen, str]:
             raise RuntimeError("coordinator did not start:\n" + tail(run_dir / "logs" / "coordinator.log"))
         time.sleep(0.1)
     return proc, json.loads(addr_file.read_text())["address"]
+
+
+def has_credentials(config: dict) -> bool:
+    """Whether a test's coordinator config authenticates its clients (a token per client, or
+    mutual TLS); the others are open runs, as most tests need no credentials."""
+    clients = config.get("clients")
+    tokens = isinstance(clients, list) and all(isinstance(c, dict) and c.get("token") for c in clients)
+    return tokens or bool(config.get("tls", {}).get("client_ca"))
 
 
 def start_client(run_dir: Path, address: str, client_id: str, token: str = "", *extra: str) -> subprocess.Popen:
