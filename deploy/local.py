@@ -114,7 +114,7 @@ class Cluster:
         address = self._wait_address()
         for entry in self.cfg.client_entries():
             threads = self.topology.threads(entry.id) or self.client_threads
-            self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, "--token", entry.token,
+            self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, f"--token={entry.token}",
                                    "--threads", str(threads),
                                    "--state-dir", str(self.run_dir / "client-state"), *client_tls(entry.id)])
         write_atomic(self.run_dir / "cluster.json", json.dumps(

@@ -31,8 +31,16 @@ def client_ids(spec: str) -> list[str]:
     return ids
 
 
+def new_token() -> str:
+    """A URL-safe secret that does not start with ``-`` (it would read as a flag on a command
+    line: ``--token -x...``)."""
+    while (token := secrets.token_urlsafe(TOKEN_BYTES)).startswith("-"):
+        pass
+    return token
+
+
 def make_tokens(ids: list[str]) -> list[ClientEntry]:
-    return [ClientEntry(id=cid, token=secrets.token_urlsafe(TOKEN_BYTES)) for cid in ids]
+    return [ClientEntry(id=cid, token=new_token()) for cid in ids]
 
 
 def write_tokens(path: Path, ids: list[str]) -> list[ClientEntry]:

@@ -52,7 +52,7 @@ def start_client(run_dir: Path, address: str, client_id: str, token: str = "", *
     """A client; plaintext (``--insecure``, as start_server makes the coordinator) unless
     ``extra`` brings TLS flags."""
     transport = [] if "--ca-cert" in extra else ["--insecure"]
-    return cli("client", "--server", address, "--id", client_id, "--token", token, "--threads", "1",
+    return cli("client", "--server", address, "--id", client_id, f"--token={token}", "--threads", "1",
                "--state-dir", str(run_dir / "state"), *transport, *extra,
                log=run_dir / "logs" / f"{client_id}.log")
 
