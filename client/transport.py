@@ -29,7 +29,7 @@ from fedlora.common.backoff import Backoff
 from fedlora.common.channel import client_channel_options
 from fedlora.common.wire.blob import Blob
 from fedlora.common.wire.chunks import iter_chunks, sha256
-from fedlora.common.wire.protocol import CALL_TIMEOUT_S, LONG_POLL_S, PROTOCOL
+from fedlora.common.wire.protocol import CALL_TIMEOUT_S, LONG_POLL_S, PROTOCOL, SESSION_METADATA
 from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
@@ -45,6 +45,13 @@ TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 # A transfer also resumes after a refused chunk or blob digest (the acknowledged prefix stands).
 RETRYABLE = TRANSIENT | {grpc.StatusCode.DATA_LOSS, grpc.StatusCode.OUT_OF_RANGE,
                          grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+
+
+def session_metadata(session: str) -> tuple[tuple[str, str], ...]:
+    """A streaming call's metadata: the coordinator checks the session before it reads."""
+    return ((SESSION_METADATA, session),)
 
 
 class CoordinatorError(RuntimeError):
@@ -215,9 +222,11 @@ class Connection:
         threading.Thread(target=beat, name="heartbeat", daemon=True).start()
 
     def task(self, last_round: int, wait_s: int = LONG_POLL_S) -> pb.Task:
+        # RESOURCE_EXHAUSTED: the coordinator still holds a poll of ours that broke; it ends
         return self.call("task", lambda s: self.stub.GetTask(
             pb.TaskRequest(session_id=s, last_round=last_round, wait_seconds=wait_s),
-            timeout=wait_s + CALL_TIMEOUT_S))
+            timeout=wait_s + CALL_TIMEOUT_S),
+            retry_on=TRANSIENT | {grpc.StatusCode.RESOURCE_EXHAUSTED})
 
     def report(self, rnd: int, metrics: dict[str, float], profile: pb.DeviceProfile | None = None,
                decline: str = "") -> None:
@@ -245,7 +254,8 @@ class Connection:
 
         def up(session: str) -> float:
             t0 = time.perf_counter()
-            reply = self.stub.ProbeUpload(chunks(session), timeout=600)
+            reply = self.stub.ProbeUpload(chunks(session), timeout=600,
+                                          metadata=session_metadata(session))
             return reply.received / max(time.perf_counter() - t0, 1e-9)
 
         def down(session: str) -> float:
@@ -326,7 +336,7 @@ class Connection:
             session = self.session
             try:
                 reply = self.stub.Upload(self._chunks(rnd, blob, chunk_bytes, start, stats, session),
-                                         timeout=None)
+                                         timeout=None, metadata=session_metadata(session))
                 stats.grpc_bytes += reply.ByteSize()
                 self._heard()
                 if reply.complete:

@@ -8,6 +8,7 @@ raised before anything starts, as :class:`ConfigError`, which the CLI prints as 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,8 +74,20 @@ class DataConfig(Strict):
     max_length: int = Field(48, ge=8, le=4096)
 
 
+# Client ids name files (certificates, personal state) and appear in logs: letters, digits,
+# ``_ . -``, not starting with a dot (so never ``.`` or ``..``), at most CLIENT_ID_MAX long.
+CLIENT_ID_MAX = 64
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,%d}$" % (CLIENT_ID_MAX - 1)
+_CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
+
+
+def valid_client_id(cid: str) -> bool:
+    """Whether ``cid`` is a safe client id (the rule config files and Join share)."""
+    return _CLIENT_ID.fullmatch(cid) is not None
+
+
 class ClientEntry(Strict):
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    id: str = Field(min_length=1, max_length=CLIENT_ID_MAX, pattern=CLIENT_ID_PATTERN)
     token: str = ""
 
 
@@ -128,7 +141,17 @@ class ServerConfig(Strict):
     task: str = Field(DEFAULT_TASK, description="what the model learns: " + ", ".join(TASKS))
     rounds: int = Field(5, ge=1)
     clients: int | list[ClientEntry] = Field(4, description="a count, or ids with tokens")
-    token: str = Field("", description="shared token when `clients` is a count")
+    token: str = Field("", description="shared token when `clients` is a count (open test runs "
+                                        "only: any holder may join as any id; use per-client "
+                                        "tokens from `fedlora tokens`, or mutual TLS)")
+    open_run: bool = Field(
+        False, description="serve without client credentials (neither a distinct token per "
+                           "client nor mutual TLS): anyone reaching the port may join as any id; "
+                           "for tests, logged as a warning")
+    stream_idle_s: float = Field(
+        60.0, gt=0, description="a stream (upload, probe, download) that moves no message for "
+                                "this long is cancelled, freeing its thread (a 3 MiB chunk on a "
+                                "1 Mbit/s link takes 25 s)")
     fraction: float = Field(1.0, gt=0, le=1)
     min_clients: int = Field(2, ge=1)
     deadline_s: float = Field(600.0, gt=0)
@@ -217,6 +240,20 @@ class ServerConfig(Strict):
                     "`fedlora certs`), or pass --insecure for plaintext")
         return None
 
+    def auth_error(self) -> str | None:
+        """Why this config would let a client join as another (checked when the coordinator
+        starts, with :meth:`transport_error`): credentials are mutual TLS (the certificate names
+        the id) or a distinct non-empty token per client; without either, only an open run."""
+        if self.open_run or self.tls.client_ca:
+            return None
+        tokens = [e.token for e in self.client_entries()]
+        if all(tokens) and len(set(tokens)) == len(tokens):
+            return None
+        return ("clients: no client credentials: give each client its own token (clients: a list "
+                "of {id, token}; make one with `fedlora tokens`) or use mutual TLS (tls.client_ca); "
+                "a shared `token` lets any client join as another; open_run: true (--open-run) "
+                "serves without, for tests")
+
     def client_entries(self) -> list[ClientEntry]:
         if isinstance(self.clients, int):
             return [ClientEntry(id=f"client-{i}", token=self.token) for i in range(self.clients)]
@@ -225,7 +262,7 @@ class ServerConfig(Strict):
 
 class ClientConfig(Strict):
     server: str = "127.0.0.1:50051"
-    client_id: str = Field("client-0", pattern=r"^[A-Za-z0-9_.-]+$")
+    client_id: str = Field("client-0", max_length=CLIENT_ID_MAX, pattern=CLIENT_ID_PATTERN)
     token: str = ""
     ca_cert: str = Field("", description="CA that signed the coordinator's certificate (TLS)")
     cert: str = Field("", description="this client's certificate, for mutual TLS")
@@ -276,19 +313,14 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(cls: type[Strict], path: str | Path | None, overrides: dict[str, Any]) -> Any:
-    """Reads ``path`` (YAML or JSON), applies dotted overrides, validates."""
+def load_config(cls: type[Strict], path: str | Path | list[str | Path] | None,
+                overrides: dict[str, Any]) -> Any:
+    """Reads ``path`` (YAML or JSON; a list: each file's top-level keys over the previous
+    ones', e.g. a run config and the ``clients`` of ``fedlora tokens``), applies dotted
+    overrides, validates."""
     tree: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p}: not found")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: not valid YAML/JSON: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {p}: top level must be a mapping")
+    for p in ([] if not path else [path] if isinstance(path, (str, Path)) else path):
+        tree.update(_read_config(Path(p)))
     for key, value in overrides.items():
         if value is not None:
             _set_path(tree, key, value)
@@ -296,6 +328,18 @@ def load_config(cls: type[Strict], path: str | Path | None, overrides: dict[str,
         return cls.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+
+
+def _read_config(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p}: not valid YAML/JSON: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping")
+    return tree
 
 
 def format_validation_error(e: ValidationError, prefix: str = "") -> str:
@@ -310,3 +354,17 @@ def format_validation_error(e: ValidationError, prefix: str = "") -> str:
 
 def dump_config(cfg: BaseModel) -> str:
     return json.dumps(cfg.model_dump(mode="json"), indent=2)
+
+
+REDACTED = "<redacted>"
+
+
+def public_config(cfg: "ServerConfig") -> str:
+    """The config as every client may see it (the run spec) and the run folder keeps: client
+    tokens replaced, or a client would learn the others' tokens."""
+    tree = cfg.model_dump(mode="json")
+    if tree.get("token"):
+        tree["token"] = REDACTED
+    if isinstance(tree.get("clients"), list):
+        tree["clients"] = [dict(c, token=REDACTED if c.get("token") else "") for c in tree["clients"]]
+    return json.dumps(tree, indent=2)

@@ -1,4 +1,5 @@
-"""The ``fedlora`` command: ``server``, ``client`` and ``run`` (a local cluster).
+"""The ``fedlora`` command: ``server``, ``client`` and ``run`` (a local cluster), and the tools
+around them (``certs``, ``tokens``, ``health``, ``shape``, ``report``).
 
 Flags are shortcuts for config fields; ``--set key.sub=value`` reaches any field; a config
 file (YAML or JSON) gives the base. Bad configuration ends the command with one line naming
@@ -29,7 +30,8 @@ SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--fraction", "fraction", float, "fraction of clients sampled per round"),
     ("--deadline", "deadline_s", float, "seconds a round stays open"),
     ("--seed", "seed", int, "run seed (data split, sampling, initialisation)"),
-    ("--token", "token", str, "shared client token"),
+    ("--token", "token", str, "shared client token (open test runs: any holder may join as any id)"),
+    ("--open-run", "open_run", "flag", "serve without client credentials (tests; logged as a warning)"),
     ("--rank", "adapter.rank", int, "LoRA rank"),
     ("--lr", "training.learning_rate", float, "local learning rate"),
     ("--local-steps", "training.max_steps", int, "local steps per round (0 = full epochs)"),
@@ -66,7 +68,9 @@ CLIENT_FLAGS: list[tuple[str, str, Any, str]] = [
 
 
 def _add_flags(p: argparse.ArgumentParser, flags, skip: set[str] = frozenset()) -> None:
-    p.add_argument("--config", help="YAML or JSON config file")
+    p.add_argument("--config", action="append", default=None,
+                   help="YAML or JSON config file; again to add another (later keys win), e.g. "
+                        "the clients file of `fedlora tokens`")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set training.weight_decay=0.01")
     for flag, field, typ, help_ in flags:
@@ -129,6 +133,14 @@ def parser() -> argparse.ArgumentParser:
     ce.add_argument("--clients", default="client-0,client-1,client-2,client-3",
                     help="comma-separated client ids (or a number N for client-0..N-1)")
     ce.add_argument("--days", type=int, default=365, help="validity")
+
+    tk = sub.add_parser("tokens", help="make a secret token per client id",
+                        description="Write a `clients:` list of {id, token} (a config file the "
+                                    "coordinator reads with --config, or merges into its own), "
+                                    "readable by its owner only.")
+    tk.add_argument("--out", required=True, help="YAML file to write (mode 0600)")
+    tk.add_argument("--clients", default="4",
+                    help="a number N for client-0..N-1, or comma-separated client ids")
 
     h = sub.add_parser("health", help="ask a coordinator's standard gRPC health service",
                        description="Exit 0 if the coordinator reports SERVING (for container health checks).")
@@ -196,11 +208,20 @@ def main(argv: list[str] | None = None) -> int:
 
             from fedlora.common.tls import make_certs
 
-            ids = ([f"client-{i}" for i in range(int(args.clients))] if args.clients.isdigit()
-                   else [c for c in args.clients.split(",") if c])
+            from fedlora.deploy.tokens import client_ids
+
+            ids = client_ids(args.clients)
             files = make_certs(Path(args.out), ids, [h for h in args.hosts.split(",") if h], args.days)
             for name, f in files.items():
                 print(f"{name}: {f.cert} {f.key}")
+            return 0
+        if args.command == "tokens":
+            from pathlib import Path
+
+            from fedlora.deploy.tokens import client_ids, write_tokens
+
+            entries = write_tokens(Path(args.out), client_ids(args.clients))
+            print(f"{args.out}: tokens for {', '.join(e.id for e in entries)}")
             return 0
         if args.command == "shape":
             from fedlora.deploy.shaping import shape_interface

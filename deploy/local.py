@@ -4,6 +4,10 @@ Transport: unless ``--insecure``, the command makes a CA and certificates in ``<
 (``fedlora certs``) and runs the cluster on mutual TLS, each client with the certificate of
 its own id, as a deployment across machines would.
 
+Credentials: unless the config already gives each client its own token (or is an open run),
+the command makes one per client (``fedlora tokens``) in ``<run>/tokens.yaml`` (mode 0600) and
+gives each client process its own, so a client cannot join as another even over plaintext.
+
 Each process logs to ``<run>/logs/<name>.log``. The coordinator binds a free port and writes
 it to ``coordinator.json``; clients are started against that address. On exit, error or
 Ctrl-C every child is terminated (then killed) by PID: nothing outlives the command.
@@ -34,6 +38,7 @@ from fedlora.common.storage import prepare_dir, write_atomic
 from fedlora.common.tls import CA, SERVER, make_certs
 from fedlora.deploy.exits import Exit
 from fedlora.deploy.live import LiveTable
+from fedlora.deploy.tokens import write_tokens
 
 COORDINATOR_START_TIMEOUT_S = 300.0
 CLIENT_LOSS_GRACE_S = 10.0  # a dead client counts as lost once the coordinator outlives this
@@ -101,19 +106,31 @@ class Cluster:
         cfg_path = self.run_dir / "server-config.json"
         self.topology.setup()
         client_tls = self._tls()
+        self._tokens()
         write_atomic(cfg_path, dump_config(self.cfg) + "\n")
+        os.chmod(cfg_path, 0o600)  # it holds the clients' tokens
         self._spawn("coordinator", ["server", "--config", str(cfg_path), "--run-dir", str(self.run_dir),
                                     "--host", self.topology.coordinator_host])
         address = self._wait_address()
         for entry in self.cfg.client_entries():
             threads = self.topology.threads(entry.id) or self.client_threads
-            self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, "--token", entry.token,
+            self._spawn(entry.id, ["client", "--server", address, "--id", entry.id, f"--token={entry.token}",
                                    "--threads", str(threads),
                                    "--state-dir", str(self.run_dir / "client-state"), *client_tls(entry.id)])
         write_atomic(self.run_dir / "cluster.json", json.dumps(
             {"address": address, "pids": {n: p.pid for n, p in self.procs.items()},
              **self.topology.describe()}, indent=2) + "\n")
         return address
+
+    def _tokens(self) -> None:
+        """A token per client, unless the config has them or is an open run."""
+        if self.cfg.open_run:
+            return
+        tokens = [e.token for e in self.cfg.client_entries()]
+        if all(tokens) and len(set(tokens)) == len(tokens):
+            return
+        entries = write_tokens(self.run_dir / "tokens.yaml", [e.id for e in self.cfg.client_entries()])
+        self.cfg = self.cfg.model_copy(update={"clients": entries, "token": ""})
 
     def _tls(self):
         """Certificates for this cluster (mutual TLS), or plaintext when asked; returns the

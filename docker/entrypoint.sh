@@ -6,6 +6,8 @@
 #
 # Environment:
 #   FEDLORA_TLS        mutual (default) | server | off (plaintext, --insecure)
+#   FEDLORA_OPEN_RUN   coordinator: 1 = serve without client credentials (--open-run; tests):
+#                      needed with FEDLORA_TLS=server|off unless the config gives each client a token
 #   FEDLORA_CERTS      certificate folder (a volume shared by all containers), default /certs
 #   FEDLORA_CLIENT_IDS coordinator: ids to make client certificates for (comma-separated)
 #   FEDLORA_HOSTS      coordinator: names clients dial it by (default coordinator,localhost,127.0.0.1)
@@ -40,6 +42,7 @@ case "$role" in
       server) set -- --tls-cert "$CERTS/coordinator.pem" --tls-key "$CERTS/coordinator.key" "$@" ;;
       off) set -- --insecure "$@" ;;
     esac
+    [ "${FEDLORA_OPEN_RUN:-0}" = 1 ] && set -- --open-run "$@"
     as_fedlora fedlora server --host 0.0.0.0 --port 50051 --run-dir /runs/run "$@" ;;
   client)
     : "${CLIENT_ID:?set CLIENT_ID}"

@@ -18,16 +18,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedlora import methods
 from fedlora.common.channel import grpc_options
-from fedlora.common.config import ConfigError, ServerConfig, dump_config
+from fedlora.common.config import ConfigError, ServerConfig, public_config
 from fedlora.common.model import AdaptedModel, resolve_model_path
 from fedlora.common.storage import StorageError, atomic_dir, prepare_dir, reason, write_atomic
 from fedlora.common.tasks import get_task
+from fedlora.common.wire.protocol import MAX_MESSAGE_BYTES
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.admission import fixed_counts
 from fedlora.server.engine import Engine
 from fedlora.server.journal import Journal
 from fedlora.server.runlog import RunLog, read_records, summarize
+from fedlora.server.calls import Calls
 from fedlora.server.service import CoordinatorService
 from fedlora.common.tls import server_credentials
 
@@ -38,8 +40,11 @@ SERVICE_NAME = "fedlora.v1.Coordinator"
 
 def serve(cfg: ServerConfig) -> int:
     cls = methods.get(cfg.strategy).strategy  # the name was checked when the config loaded
-    if (why := cfg.transport_error()) is not None:
+    if (why := cfg.transport_error() or cfg.auth_error()) is not None:
         raise ConfigError(f"config error: {why}")
+    if cfg.open_run:
+        log.warning("OPEN RUN (open_run): clients are not authenticated; anyone reaching the port "
+                    "may join as any client id")
     credentials = (server_credentials(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
                    if cfg.tls.cert else None)  # read now: a missing file fails before any work
     if cfg.threads:
@@ -48,7 +53,7 @@ def serve(cfg: ServerConfig) -> int:
     resumed = journal.open(cfg)  # refuses a finished run or a changed config, before any write
     # a read-only, misplaced or full folder stops us here (exit 2)
     runlog = RunLog(cfg.run_dir, keep=(resumed.records_bytes, resumed.records_count) if resumed else (0, 0))
-    write_atomic(cfg.run_dir / "config.json", dump_config(cfg) + "\n")
+    write_atomic(cfg.run_dir / "config.json", public_config(cfg) + "\n")
 
     task = get_task(cfg.task)
     entries = cfg.client_entries()
@@ -85,7 +90,7 @@ def serve(cfg: ServerConfig) -> int:
         test_fraction=cfg.data.test_fraction,
         dataset=cfg.data.dataset if split is not None else "", max_length=cfg.data.max_length,
         chunk_bytes=cfg.chunk_bytes, label_names=dataset.label_names,
-        config_json=dump_config(cfg), adapter=cls.adapter_spec(cfg),
+        config_json=public_config(cfg), adapter=cls.adapter_spec(cfg),
     )
     log.info("model %s, strategy %s, %d test examples, shards %s", resolve_model_path(cfg.model),
              cfg.strategy, len(test), shard_sizes)
@@ -99,9 +104,10 @@ def serve(cfg: ServerConfig) -> int:
                     shard_sizes=shard_sizes,  # counts a resumed run fixed, from its kept records:
                     fixed_counts=fixed_counts(read_records(runlog.metrics_path)) if resumed else None)
     runlog.on_error = engine.fail  # a disk that fills mid-run ends the run, with its reason
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * len(entries) + 16),
-                         options=grpc_options())
-    pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine), server)
+    calls = Calls(cfg.stream_idle_s)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=Calls.pool_size(len(entries))),
+                         options=server_options())
+    pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine, calls), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if credentials is None:
@@ -112,6 +118,7 @@ def serve(cfg: ServerConfig) -> int:
     if port == 0:
         raise ConfigError(f"config error: port: cannot bind {cfg.host}:{cfg.port}")
     server.start()
+    calls.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{cfg.host}:{port}"
@@ -159,10 +166,17 @@ def serve(cfg: ServerConfig) -> int:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.stop(grace=2.0).wait()
+    calls.stop()
     runlog.close()
     log.info("run %s: %s; %s", "failed" if code else "complete",
              summary["error"] or f"final accuracy {summary['final_accuracy']}", where)
     return code
+
+
+def server_options() -> list[tuple[str, int]]:
+    """No message the protocol sends is larger than a chunk and its fields: anything bigger is
+    refused by gRPC (RESOURCE_EXHAUSTED) before it is buffered, instead of at 4 MiB."""
+    return grpc_options() + [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
 def _save_results(cfg: ServerConfig, engine: Engine, strategy, tokenizer, label_names: list[str],

@@ -48,7 +48,8 @@ FORMAT = 1
 # coordinator serves and evaluates, not what the run computes. Client tokens are compared
 # neither (``token``, and each entry's token in a ``clients`` list): they may be rotated.
 SERVING = frozenset({"host", "port", "tls", "insecure", "run_dir", "threads", "device",
-                     "eval_batch_size", "join_timeout_s", "deadline_s", "token", "spool_bytes"})
+                     "eval_batch_size", "join_timeout_s", "deadline_s", "token", "spool_bytes",
+                     "open_run", "stream_idle_s"})
 
 
 @dataclass(frozen=True)

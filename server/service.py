@@ -5,21 +5,28 @@ handled.
 An upload is admitted by the engine once, on its first message; its chunks go to the transfers
 only, and the engine gets the one verified blob they put together, as soon as its last byte is
 acknowledged (or, if that call broke first, on the next UploadStatus). Every call, chunk and
-heartbeat marks its client as heard (:mod:`.sessions`)."""
+heartbeat marks its client as heard (:mod:`.sessions`).
+
+Nothing waits on an unauthenticated peer: a streaming call (Upload, ProbeUpload) carries its
+session in the call metadata (:data:`SESSION_METADATA`), checked before the handler reads, and
+so waits, for the first message; without a known session it is refused UNAUTHENTICATED at once.
+The calls that hold a thread are bounded per client and idle streams cancelled (:mod:`.calls`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from contextlib import ExitStack
 
 import grpc
 
 from fedlora.common.wire.chunks import iter_chunks, sha256
-from fedlora.common.wire.protocol import MAX_CHUNK_BYTES, PROBE_MAX_BYTES, PROTOCOL
+from fedlora.common.wire.protocol import MAX_CHUNK_BYTES, PROBE_MAX_BYTES, PROTOCOL, SESSION_METADATA
 from fedlora.common.tls import peer_common_name
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
+from fedlora.server.calls import Calls
 from fedlora.server.engine import Engine
 from fedlora.common.errors import Refused, Status
 
@@ -29,10 +36,11 @@ _PROBE_BLOCK = os.urandom(MAX_CHUNK_BYTES)  # incompressible, reused: probes mea
 
 
 class CoordinatorService(pbg.CoordinatorServicer):
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, calls: Calls):
         self.engine = engine
         self.sessions = engine.sessions
         self.transfers = engine.transfers
+        self.calls = calls
 
     def _abort(self, context: grpc.ServicerContext, e: Refused, what: str):
         log.warning("%s refused: %s: %s", what, e.code.name, e.message)
@@ -53,6 +61,21 @@ class CoordinatorService(pbg.CoordinatorServicer):
                                          f"certificate is for {cn!r}, the session belongs to another client"),
                         f"call from {cn!r}")
 
+    def _stream_session(self, context, what: str) -> tuple[str, str]:
+        """(session, client id) from a streaming call's metadata, checked before the stream is
+        read: no session, or one nobody holds, is UNAUTHENTICATED at once."""
+        session = next((v for k, v in (context.invocation_metadata() or ())
+                        if k == SESSION_METADATA), "")
+        if not isinstance(session, str) or not session:
+            self._abort(context, Refused(Status.UNAUTHENTICATED,
+                                         f"no session in the call metadata ({SESSION_METADATA}): "
+                                         "join first"), what)
+        self._bound(context, session)
+        try:
+            return session, self.sessions.check_session(session)
+        except Refused as e:
+            self._abort(context, e, what)
+
     def Join(self, request: pb.JoinRequest, context) -> pb.JoinReply:
         if request.protocol and request.protocol != PROTOCOL:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -71,8 +94,10 @@ class CoordinatorService(pbg.CoordinatorServicer):
     def GetTask(self, request: pb.TaskRequest, context) -> pb.Task:
         self._bound(context, request.session_id)
         try:
-            return self.engine.task(request.session_id, request.last_round, request.wait_seconds,
-                                    context.is_active)
+            cid = self.sessions.check_session(request.session_id)
+            with self.calls.hold(cid, "task"):  # a long-poll holds its thread
+                return self.engine.task(request.session_id, request.last_round,
+                                        request.wait_seconds, context.is_active)
         except Refused as e:
             self._abort(context, e, "task")
 
@@ -86,11 +111,17 @@ class CoordinatorService(pbg.CoordinatorServicer):
 
     def Download(self, request: pb.DownloadRequest, context):
         self._bound(context, request.session_id)
-        try:
-            cid, blob = self.engine.download_blob(request.session_id, request.round)
-        except Refused as e:
-            self._abort(context, e, "download")
-            return
+        with ExitStack() as held:
+            try:
+                cid, blob = self.engine.download_blob(request.session_id, request.round)
+                held.enter_context(self.calls.hold(cid, "download"))
+            except Refused as e:
+                self._abort(context, e, "download")
+                return
+            st = held.enter_context(self.calls.stream(cid, "download", context.cancel))
+            yield from self._download(request, context, cid, blob, st)
+
+    def _download(self, request: pb.DownloadRequest, context, cid: str, blob, st):
         if request.offset > blob.size:
             context.abort(grpc.StatusCode.OUT_OF_RANGE,
                           f"offset {request.offset} beyond the blob's {blob.size} bytes")
@@ -106,17 +137,32 @@ class CoordinatorService(pbg.CoordinatorServicer):
                 sent += len(data)
                 self.sessions.heard(cid)
                 yield msg
+                self.calls.moved(st)  # the peer took it
         finally:
             self.transfers.sent(cid, request.round, blob, sent, grpc_bytes,
                                 time.perf_counter() - t0)
 
     def Upload(self, request_iterator, context) -> pb.UploadReply:
         t0 = time.perf_counter()  # the call starts before its first chunk has arrived
-        first = next(request_iterator, None)
+        session, cid = self._stream_session(context, "upload")
+        try:
+            with self.calls.hold(cid, "upload"), \
+                    self.calls.stream(cid, "upload", context.cancel) as st:
+                return self._upload(self.calls.watch(st, request_iterator), context, session, t0)
+        except Refused as e:
+            self._abort(context, e, f"upload from {cid!r}")
+
+    def _upload(self, request_iterator, context, session: str, t0: float) -> pb.UploadReply:
+        try:
+            first = next(request_iterator, None)
+        except grpc.RpcError:  # the client hung up, or the stream sat idle and was cancelled
+            return pb.UploadReply()
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream")
+        if first.session_id != session:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"the first chunk's session_id is not the call's session ({SESSION_METADATA})")
         rnd = first.round
-        self._bound(context, first.session_id)
         try:
             cid = self.engine.admit_upload(first.session_id, rnd, first.total_size,
                                            first.blob_digest)
@@ -185,16 +231,22 @@ class CoordinatorService(pbg.CoordinatorServicer):
         return pb.ReportReply()
 
     def ProbeUpload(self, request_iterator, context) -> pb.ProbeReply:
+        session, cid = self._stream_session(context, "probe")
+        try:
+            with self.calls.hold(cid, "probe"), \
+                    self.calls.stream(cid, "probe", context.cancel) as st:
+                return self._probe_upload(self.calls.watch(st, request_iterator), context, session)
+        except Refused as e:
+            self._abort(context, e, f"probe from {cid!r}")
+
+    def _probe_upload(self, request_iterator, context, session: str) -> pb.ProbeReply:
         received, t0, t1 = 0, None, None
-        session_checked = False
+        first = True
         for msg in request_iterator:
-            if not session_checked:
-                try:
-                    self.sessions.check_session(msg.session_id)
-                except Refused as e:
-                    self._abort(context, e, "probe")
-                self._bound(context, msg.session_id)
-                session_checked = True
+            if first and msg.session_id != session:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                              f"the first chunk's session_id is not the call's session ({SESSION_METADATA})")
+            first = False
             now = time.perf_counter()
             t0 = now if t0 is None else t0
             t1 = now
@@ -205,16 +257,21 @@ class CoordinatorService(pbg.CoordinatorServicer):
         return pb.ProbeReply(received=received, seconds=(t1 - t0) if t0 is not None else 0.0)
 
     def ProbeDownload(self, request: pb.ProbeRequest, context):
-        try:
-            self.sessions.check_session(request.session_id)
-        except Refused as e:
-            self._abort(context, e, "probe")
         self._bound(context, request.session_id)
-        if request.size > PROBE_MAX_BYTES:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"probe larger than {PROBE_MAX_BYTES} bytes")
-        chunk = self.engine.spec.chunk_bytes
-        sent = 0
-        while sent < request.size:
-            n = min(chunk, request.size - sent)
-            yield pb.Chunk(offset=sent, data=_PROBE_BLOCK[:n], total_size=request.size)
-            sent += n
+        with ExitStack() as held:
+            try:
+                cid = self.sessions.check_session(request.session_id)
+                held.enter_context(self.calls.hold(cid, "probe"))
+            except Refused as e:
+                self._abort(context, e, "probe")
+            if request.size > PROBE_MAX_BYTES:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"probe larger than {PROBE_MAX_BYTES} bytes")
+            chunk = self.engine.spec.chunk_bytes
+            sent = 0
+            with self.calls.stream(cid, "probe", context.cancel) as st:
+                while sent < request.size:
+                    n = min(chunk, request.size - sent)
+                    yield pb.Chunk(offset=sent, data=_PROBE_BLOCK[:n], total_size=request.size)
+                    self.calls.moved(st)
+                    sent += n

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedlora.common.config import ClientEntry
+from fedlora.common.config import CLIENT_ID_MAX, ClientEntry, valid_client_id
 from fedlora.common.errors import Refused, Status
 from fedlora.common.wire.protocol import HEARTBEATS_PER_TIMEOUT
 from fedlora.proto.v1 import fedlora_pb2 as pb
@@ -53,6 +53,15 @@ class ClientState:
         return ClientInfo(self.entry.id, self.partition, int(p.num_examples), p)
 
 
+_STAND_IN = uuid.uuid4().hex  # the token an unknown id is compared with (never matches: "" ids)
+
+
+def not_admitted(client_id: str) -> Refused:
+    """The one refusal of a join without the right credentials, whatever was wrong."""
+    shown = client_id[:CLIENT_ID_MAX] + ("..." if len(client_id) > CLIENT_ID_MAX else "")
+    return Refused(Status.UNAUTHENTICATED, f"client {shown!r}: unknown client id or wrong token")
+
+
 class Sessions:
     def __init__(self, entries: list[ClientEntry], spec: pb.RunSpec, runlog: RunLog,
                  cond: threading.Condition, timeout_s: float = 120.0,
@@ -75,15 +84,19 @@ class Sessions:
 
     def join(self, client_id: str, token: str, profile: pb.DeviceProfile,
              instance: str = "") -> pb.JoinReply:
-        """A new session for a configured client holding its token (compared in constant
-        time), unless another process holds a live one; the reply carries the run spec with
-        the client's data partition and heartbeat interval."""
+        """A new session for a configured client holding its token, unless another process
+        holds a live one; the reply carries the run spec with the client's data partition and
+        heartbeat interval.
+
+        A malformed id, an unknown id and a wrong token get the same answer (UNAUTHENTICATED,
+        :func:`not_admitted`), and the token is compared in constant time in each case (with a
+        stand-in for an unknown id), so a peer cannot find out which ids exist."""
         with self.cond:
-            st = self.clients.get(client_id)
-            if st is None:
-                raise Refused(Status.PERMISSION_DENIED, f"unknown client id {client_id!r}")
-            if st.entry.token and not hmac.compare_digest(st.entry.token, token):
-                raise Refused(Status.UNAUTHENTICATED, f"wrong token for client {client_id!r}")
+            st = self.clients.get(client_id) if valid_client_id(client_id) else None
+            expected = st.entry.token if st is not None else _STAND_IN
+            matches = hmac.compare_digest(expected.encode(), token.encode())
+            if st is None or (st.entry.token and not matches):
+                raise not_admitted(client_id)
             if st.instance != instance and self.live(st):
                 raise Refused(Status.ALREADY_EXISTS,
                               f"client id {client_id!r} is in use: another process holds a live "

@@ -11,6 +11,7 @@ import torch
 from fedlora.common.wire.blob import pack, unpack
 from fedlora.common.wire.chunks import iter_chunks, sha256
 from fedlora.common.wire.codec import Chain
+from fedlora.common.wire.protocol import SESSION_METADATA
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 
@@ -67,7 +68,8 @@ class Mallory:
         first.round = rnd
         first.total_size = len(data) if total is None else total
         first.blob_digest = sha256(data) if digest is None else digest
-        return self.stub.Upload(iter(msgs), timeout=60)
+        return self.stub.Upload(iter(msgs), timeout=60,
+                                metadata=((SESSION_METADATA, first.session_id),))
 
     def blob(self, rnd: int, tensors: dict[str, torch.Tensor]) -> bytes:
         return pack(tensors, {"round": rnd, "client": "mallory", "num_examples": 100,

@@ -26,7 +26,9 @@ def start_server(run_dir: Path, config: dict) -> tuple[subprocess.Popen, str]:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "test-config.yaml"
     transport = {} if "tls" in config or "insecure" in config else {"insecure": True}
-    cfg_path.write_text(yaml.safe_dump({"port": 0, "run_dir": str(run_dir), **transport, **config}))
+    auth = {} if "open_run" in config or has_credentials(config) else {"open_run": True}
+    cfg_path.write_text(yaml.safe_dump({"port": 0, "run_dir": str(run_dir), **transport, **auth,
+                                        **config}))
     proc = cli("server", "--config", str(cfg_path), log=run_dir / "logs" / "coordinator.log")
     addr_file = run_dir / "coordinator.json"
     end = time.time() + 180
@@ -38,11 +40,19 @@ def start_server(run_dir: Path, config: dict) -> tuple[subprocess.Popen, str]:
     return proc, json.loads(addr_file.read_text())["address"]
 
 
+def has_credentials(config: dict) -> bool:
+    """Whether a test's coordinator config authenticates its clients (a token per client, or
+    mutual TLS); the others are open runs, as most tests need no credentials."""
+    clients = config.get("clients")
+    tokens = isinstance(clients, list) and all(isinstance(c, dict) and c.get("token") for c in clients)
+    return tokens or bool(config.get("tls", {}).get("client_ca"))
+
+
 def start_client(run_dir: Path, address: str, client_id: str, token: str = "", *extra: str) -> subprocess.Popen:
     """A client; plaintext (``--insecure``, as start_server makes the coordinator) unless
     ``extra`` brings TLS flags."""
     transport = [] if "--ca-cert" in extra else ["--insecure"]
-    return cli("client", "--server", address, "--id", client_id, "--token", token, "--threads", "1",
+    return cli("client", "--server", address, "--id", client_id, f"--token={token}", "--threads", "1",
                "--state-dir", str(run_dir / "state"), *transport, *extra,
                log=run_dir / "logs" / f"{client_id}.log")
 

@@ -7,6 +7,7 @@ DEFAULT_CHUNK_BYTES = 1 << 20           # chunk size unless the run spec says ot
 MAX_CHUNK_BYTES = 3 << 20               # keeps every gRPC message under the 4 MiB default limit
 MIN_CHUNK_BYTES = 1 << 10
 HEADER_SLACK = 64 << 10                 # safetensors header + codec metadata allowance on an upload
+MAX_MESSAGE_BYTES = MAX_CHUNK_BYTES + (64 << 10)  # largest gRPC message a coordinator accepts
 PROBE_MAX_BYTES = 256 << 20             # largest link probe either way
 # Streaming calls (Upload, ProbeUpload) carry the session in their call metadata under this key,
 # so the coordinator checks it before it reads (and waits on) the first message of the stream.

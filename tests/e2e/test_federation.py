@@ -45,8 +45,8 @@ def federation(tmp_path_factory, tiny_model):
 
 
 EXPECTED_REFUSALS = {
-    "unknown_client": (grpc.StatusCode.PERMISSION_DENIED, "unknown client id 'eve'"),
-    "wrong_token": (grpc.StatusCode.UNAUTHENTICATED, "wrong token"),
+    "unknown_client": (grpc.StatusCode.UNAUTHENTICATED, "client 'eve': unknown client id or wrong token"),
+    "wrong_token": (grpc.StatusCode.UNAUTHENTICATED, "client 'client-0': unknown client id or wrong token"),
     "unknown_session": (grpc.StatusCode.UNAUTHENTICATED, "unknown or expired session"),
     "stale_round": (grpc.StatusCode.FAILED_PRECONDITION, "round 6 is not open"),
     "too_large": (grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the plan's limit"),

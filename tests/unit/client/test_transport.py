@@ -9,7 +9,7 @@ import pytest
 from fedlora.client.transport import CallRefused, Connection, CoordinatorLost, TransferFailed
 from fedlora.common.wire.blob import Blob
 from fedlora.common.wire.chunks import sha256
-from fedlora.common.wire.protocol import RETRY_MAX_S
+from fedlora.common.wire.protocol import RETRY_MAX_S, SESSION_METADATA
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 S = grpc.StatusCode
@@ -35,6 +35,7 @@ class Coordinator:
         self.scripts: dict[str, list] = {}
         self.seen: dict[str, list] = {}
         self.uploads: list[list[pb.UploadChunk]] = []
+        self.upload_metadata: list = []
 
     def _answer(self, name: str, request):
         self.seen.setdefault(name, []).append(request)
@@ -58,7 +59,8 @@ class Coordinator:
     def UploadStatus(self, request, timeout=None):
         return self._answer("UploadStatus", request) or pb.UploadStatusReply()
 
-    def Upload(self, chunks, timeout=None):
+    def Upload(self, chunks, timeout=None, metadata=()):
+        self.upload_metadata.append(metadata)
         self.uploads.append(list(chunks))
         return self._answer("Upload", self.uploads[-1]) or pb.UploadReply(complete=True)
 
@@ -176,6 +178,13 @@ def test_an_upload_resumes_from_the_acknowledged_offset(coord, clock):
     assert first[0].offset == 0 and resumed[0].offset == 2048
     assert b"".join(c.data for c in resumed) == BLOB.data[2048:]
     assert resumed[0].session_id == "s1" and resumed[0].total_size == BLOB.size
+
+
+def test_an_upload_carries_its_session_in_the_call_metadata(coord, clock):
+    conn = connect(coord, clock)
+    conn.upload(1, BLOB, 1024)
+    assert coord.upload_metadata == [((SESSION_METADATA, "s1"),)]
+    assert coord.uploads[0][0].session_id == "s1"
 
 
 def test_an_upload_after_a_coordinator_restart_rejoins_and_starts_over(coord, clock):

@@ -62,3 +62,28 @@ def test_liveness_timeouts_are_validated_with_the_field_named():
         load_config(ServerConfig, None, {"client_timeout_s": 0})
     with pytest.raises(ConfigError, match="coordinator_timeout_s"):
         load_config(ClientConfig, None, {"insecure": True, "coordinator_timeout_s": -1})
+
+
+@pytest.mark.parametrize("cid", ["..", ".", ".hidden", "a/b", "x" * 65])
+def test_unsafe_client_ids_are_refused_in_server_and_client_configs(cid):
+    from fedlora.common.config import ClientConfig
+
+    with pytest.raises(ConfigError, match=r"clients\..*0\.id"):
+        load_config(ServerConfig, None, {"clients": [{"id": cid, "token": "t"}], "min_clients": 1})
+    with pytest.raises(ConfigError, match="client_id"):
+        load_config(ClientConfig, None, {"client_id": cid, "insecure": True})
+
+
+def test_a_shared_token_is_no_credential_but_a_token_per_client_is():
+    shared = load_config(ServerConfig, None, {"clients": 2, "min_clients": 1, "token": "t"})
+    assert "a shared `token` lets any client join as another" in shared.auth_error()
+    own = load_config(ServerConfig, None, {"clients": [{"id": "a", "token": "x"}, {"id": "b", "token": "y"}],
+                                           "min_clients": 1})
+    assert own.auth_error() is None
+
+
+def test_the_public_config_hides_every_token():
+    from fedlora.common.config import public_config
+
+    cfg = load_config(ServerConfig, None, {"clients": [{"id": "a", "token": "secret-a"}], "min_clients": 1})
+    assert "secret-a" not in public_config(cfg) and '"id": "a"' in public_config(cfg)

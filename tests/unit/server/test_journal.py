@@ -134,7 +134,8 @@ def test_the_cli_refuses_a_changed_config_in_one_line_with_exit_2(tmp_path, caps
     from fedlora.deploy.cli import main
 
     _run(tmp_path, 1)
-    code = main(["server", "--insecure", "--run-dir", str(tmp_path), "--rounds", "5", "--lr", "0.01"])
+    code = main(["server", "--insecure", "--open-run", "--run-dir", str(tmp_path), "--rounds", "5",
+                 "--lr", "0.01"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert err.endswith("rounds (4 -> 5), training.learning_rate (0.005 -> 0.01)")
