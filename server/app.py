@@ -26,6 +26,7 @@ from fedlora.common.wire.protocol import MAX_MESSAGE_BYTES
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.admission import fixed_counts
+from fedlora.server.arenas import cap_arenas
 from fedlora.server.engine import Engine
 from fedlora.server.journal import Journal
 from fedlora.server.runlog import RunLog, read_records, summarize
@@ -49,6 +50,7 @@ def serve(cfg: ServerConfig) -> int:
                    if cfg.tls.cert else None)  # read now: a missing file fails before any work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    cap_arenas()  # before the handler threads start: their freed buffers stay reusable
     journal = Journal(prepare_dir(cfg.run_dir, "run folder"))
     resumed = journal.open(cfg)  # refuses a finished run or a changed config, before any write
     # a read-only, misplaced or full folder stops us here (exit 2)
