@@ -43,9 +43,6 @@ def serve(cfg: ServerConfig) -> int:
     cls = methods.get(cfg.strategy).strategy  # the name was checked when the config loaded
     if (why := cfg.transport_error() or cfg.auth_error()) is not None:
         raise ConfigError(f"config error: {why}")
-    if cfg.open_run:
-        log.warning("OPEN RUN (open_run): clients are not authenticated; anyone reaching the port "
-                    "may join as any client id")
     credentials = (server_credentials(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
                    if cfg.tls.cert else None)  # read now: a missing file fails before any work
     if cfg.threads:
@@ -112,6 +109,9 @@ def serve(cfg: ServerConfig) -> int:
     pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine, calls), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if cfg.open_run:
+        log.warning("OPEN RUN (open_run): clients are not authenticated; anyone reaching the port "
+                    "may join as any client id")
     if credentials is None:
         log.warning("serving PLAINTEXT (--insecure): tokens and updates cross the network unencrypted")
         port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")

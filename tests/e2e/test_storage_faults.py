@@ -28,7 +28,7 @@ def _command(which: str, target: Path, model: Path) -> tuple[list[str], Path]:
     if which == "client":  # the state folder is per id; the coordinator is never reached
         return base + ["client", "--insecure", "--server", "127.0.0.1:9", "--id", "client-0",
                        "--state-dir", str(target)], target / "client-0"
-    extra = ["--no-live"] if which == "run" else []
+    extra = ["--no-live"] if which == "run" else ["--open-run"]  # `run` makes its own tokens
     return base + [which, "--insecure", "--model", str(model), "--clients", "2",
                    "--run-dir", str(target), *extra], target
 
@@ -86,8 +86,8 @@ def test_disk_full_mid_run_ends_the_run_with_its_reason(tmp_path, tiny_model):
         run_dir = disk / "run"
         cfg = tmp_path / "server.yaml"
         cfg.write_text(yaml.safe_dump({
-            "port": 0, "insecure": True, "run_dir": str(run_dir), "model": str(tiny_model),
-            "clients": 2, "min_clients": 2, "rounds": 1000,  # far more than fit before the fill
+            "port": 0, "insecure": True, "open_run": True, "run_dir": str(run_dir),
+            "model": str(tiny_model), "clients": 2, "min_clients": 2, "rounds": 1000,  # far more than fit before the fill
             "training": {"max_steps": 2, "batch_size": 16}}))
         server = cli("server", "--config", str(cfg), log=logs / "coordinator.log")
         end = time.time() + 300
