@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedlora.common.config import ConfigError, ServerConfig
+from fedlora.common.config import ConfigError, ServerConfig, public_config
 from fedlora.common.storage import write_atomic
 
 JOURNAL = "journal.json"
@@ -101,7 +101,7 @@ class Journal:
         """The entry to resume from, or None for a new run; refuses (ConfigError, one line)
         a folder that holds a finished run, a run of another config, records shortened since
         the last commit, or records without a journal."""
-        self._config = cfg.model_dump(mode="json")
+        self._config = json.loads(public_config(cfg))  # no token reaches the run folder
         entry = self.read()
         metrics = self.dir / METRICS
         size = metrics.stat().st_size if metrics.is_file() else 0

@@ -139,3 +139,14 @@ def test_the_cli_refuses_a_changed_config_in_one_line_with_exit_2(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert err.endswith("rounds (4 -> 5), training.learning_rate (0.005 -> 0.01)")
+
+
+def test_the_journal_keeps_no_client_token_and_a_resume_with_rotated_tokens_goes_on(tmp_path):
+    """The run folder may be read by more people than the clients' owners: the journal holds the
+    config with every token redacted (tokens are not part of what a resume compares)."""
+    clients = [{"id": "a", "token": "secret-a-1"}, {"id": "b", "token": "secret-b-1"}]
+    _run(tmp_path, 1, clients=clients)
+    assert "secret-" not in (tmp_path / JOURNAL).read_text()
+    rotated = [{"id": "a", "token": "secret-a-2"}, {"id": "b", "token": "secret-b-2"}]
+    entry = Journal(tmp_path).open(_cfg(tmp_path, clients=rotated))
+    assert entry is not None and entry.completed == 1
