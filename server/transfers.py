@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import threading
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from fedlora.common.wire.blob import Blob
 from fedlora.common.wire.chunks import PartialUpload
 from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
+
+log = logging.getLogger("fedlora.server")
 
 
 SPOOL_SUFFIX = ".part"
@@ -80,6 +83,9 @@ class Transfers:
                 if part is not None:
                     part.release()
                 part = PartialUpload(total, digest, self._spool_path(total))
+                if part.spool is not None:
+                    log.info("round %d: upload of %s (%d bytes) spooled to %s", rnd, cid, total,
+                             part.spool)
                 self._uploads[cid] = part
                 self._taken.discard(cid)
             return part
