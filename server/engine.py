@@ -115,10 +115,11 @@ class Engine:
         ``DECODE_SLOTS`` blobs at once, each bounded by the plan (:func:`read_blob`)."""
         try:
             with self.cond:
-                r = self.current
-                inst = r.instructions.get(cid) if r is not None and r.number == rnd else None
+                r0 = self.current  # the round (attempt) this blob is checked and folded for
+                inst = (r0.instructions.get(cid)
+                        if r0 is not None and r0.number == rnd and r0.open else None)
                 vouched = self.counts.get(cid)
-                if inst is not None and cid in r.accepted:
+                if inst is not None and cid in r0.accepted:
                     raise Refused(Status.ALREADY_EXISTS, f"round {rnd}: update already accepted")
             if inst is None:
                 raise Refused(Status.FAILED_PRECONDITION, f"round {rnd} is no longer open")
@@ -131,11 +132,15 @@ class Engine:
             raise
         with self.cond:
             r = self.current
-            if r is None or r.number != rnd or not r.open:
+            if r is not r0 or not r.open:  # closed, or a retry attempt opened (same number)
                 raise Refused(Status.FAILED_PRECONDITION,
                               f"round {rnd} closed while the update was being checked: late update refused")
             if cid in r.accepted:  # another stream's blob was folded while this one was checked
                 raise Refused(Status.ALREADY_EXISTS, f"round {rnd}: update already accepted")
+            if cid in r.refused or cid in r.lost:  # declined or refused meanwhile: that is final
+                raise Refused(Status.FAILED_PRECONDITION,
+                              f"round {rnd}: {cid!r} is done for the round "
+                              f"({r.refused.get(cid) or r.lost.get(cid)})")
             self.strategy.fold(rnd, self.sessions.info(cid), update.tensors, update.weight)
             r.accepted[cid] = update.weight
             self.transfers.accepted(cid, rnd, len(data), tensor_bytes(update.tensors),

@@ -66,6 +66,9 @@ def read_blob(data: bytes | memoryview, inst: Instruction) -> tuple[dict[str, to
         return unpack(data, Expectation.of(inst.plan.upload_codec.stages, inst.expected))
     except BlobError as e:
         raise Refused(Status.INVALID_ARGUMENT, f"undecodable update: {e}") from None
+    except Exception as e:  # any bytes a peer sends: whatever else decoding raises is its fault too
+        raise Refused(Status.INVALID_ARGUMENT,
+                      f"undecodable update: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def check_update(tensors: dict[str, torch.Tensor], meta: dict[str, Any], inst: Instruction,

@@ -67,19 +67,35 @@ def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any], chain: Chain)
     return Blob(data, sha256(data), tensor_bytes(tensors), stage_bytes, tuple(chain.specs()))
 
 
-def read_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """fedlora's header of a blob, without decoding any tensor."""
+# what parsing a peer's JSON may raise besides ValueError: too deep (RecursionError), a value of
+# another type where a string or object is due (TypeError, AttributeError), a number too large
+# for a float or int conversion (OverflowError)
+_JSON_ERRORS = (ValueError, AttributeError, TypeError, RecursionError, OverflowError)
+MAX_DIMS = 8          # the most dimensions a wire tensor may declare
+MAX_DIM = 1 << 48     # the largest single dimension (checked before any product is formed)
+
+
+def _header_length(data: bytes | bytearray | memoryview, limit: int | None = None) -> int:
     if len(data) < 8:
         raise BlobError(f"blob of {len(data)} bytes is too short for a safetensors header")
     (n,) = struct.unpack("<Q", bytes(data[:8]))
     if n > len(data) - 8:
         raise BlobError("safetensors header length exceeds the blob")
+    if limit is not None and n > limit:
+        raise BlobError(f"safetensors header of {n} bytes, the plan's tensors need at most {limit}")
+    return n
+
+
+def read_header(data: bytes | bytearray | memoryview, limit: int | None = None) -> dict[str, Any]:
+    """fedlora's header of a blob, without decoding any tensor; with ``limit``, a longer
+    safetensors header is refused before it is parsed."""
+    n = _header_length(data, limit)
     try:
         st_header = json.loads(bytes(data[8 : 8 + n]))
         raw = (st_header.get("__metadata__") or {}).get(HEADER_KEY)
         header = json.loads(raw) if raw else {}
-    except (ValueError, AttributeError) as e:
-        raise BlobError(f"blob header is not valid JSON: {e}") from None
+    except _JSON_ERRORS as e:
+        raise BlobError(f"blob header is not valid JSON: {type(e).__name__}: {e}") from None
     if not isinstance(header, dict):
         raise BlobError("blob header is not a JSON object")
     return header
@@ -96,7 +112,7 @@ def unpack(data: bytes | bytearray | memoryview,
     (:class:`CodecError` otherwise, as a :class:`BlobError`). ``data`` may be any buffer (a
     ``bytearray`` upload, an ``mmap`` of a spooled one): only each tensor is copied out.
     """
-    header = read_header(data)
+    header = read_header(data, expect.header_bytes() if expect is not None else None)
     if expect is not None:
         return _unpack_checked(memoryview(data), expect), header
     try:
@@ -120,8 +136,8 @@ def _entries(view: memoryview) -> dict[str, tuple[torch.dtype, tuple[int, ...], 
     body = 8 + n
     try:
         raw = json.loads(bytes(view[8:body]))
-    except ValueError as e:
-        raise BlobError(f"blob header is not valid JSON: {e}") from None
+    except _JSON_ERRORS as e:
+        raise BlobError(f"blob header is not valid JSON: {type(e).__name__}: {e}") from None
     if not isinstance(raw, dict):
         raise BlobError("blob header is not a JSON object")
     out = {}
@@ -130,14 +146,18 @@ def _entries(view: memoryview) -> dict[str, tuple[torch.dtype, tuple[int, ...], 
             continue
         try:
             dtype = _ST_DTYPES[e["dtype"]]
+            if len(e["shape"]) > MAX_DIMS:
+                raise ValueError("too many dimensions")
             shape = tuple(int(d) for d in e["shape"])
+            if any(not 0 <= d <= MAX_DIM for d in shape):
+                raise ValueError("dimension out of range")
             begin, end = (int(x) for x in e["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise BlobError(f"blob header entry {name!r} is malformed") from None
         size = torch.empty((), dtype=dtype).element_size()
         for d in shape:
             size *= d
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= len(view) - body or end - begin != size:
+        if not 0 <= begin <= end <= len(view) - body or end - begin != size:
             raise BlobError(f"blob header entry {name!r} does not fit the blob")
         out[name] = (dtype, shape, body + begin, body + end)
     return out

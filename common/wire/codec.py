@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import zstandard
 
+from fedlora.common.wire.protocol import HEADER_SLACK
+
 Parts = dict[str, torch.Tensor]
 TensorSpec = tuple[tuple[int, ...], torch.dtype]  # what the plan expects of one tensor
 
@@ -619,6 +621,14 @@ class Expectation:
     def of(cls, stages: list[str] | tuple[str, ...], tensors: dict[str, TensorSpec]) -> "Expectation":
         return cls(tuple(Chain.parse(list(stages)).specs()),
                    {n: (tuple(int(d) for d in s), d) for n, (s, d) in tensors.items()})
+
+    def header_bytes(self) -> int:
+        """The most bytes an honest safetensors JSON header of such a blob takes: fedlora's
+        metadata (HEADER_SLACK) and, per wire tensor (at most three parts per planned tensor,
+        plus ``__codec__``), its short name, dtype, shape and offsets. A longer header is refused
+        before it is parsed: parsing is where a lie would cost memory and time."""
+        per_entry = 128 + 24 * max((len(s) for s, _ in self.tensors.values()), default=0)
+        return HEADER_SLACK + 3 * (len(self.tensors) + 1) * per_entry
 
     def description_bytes(self) -> int:
         """The most bytes an honest codec description of these tensors takes: the names once,

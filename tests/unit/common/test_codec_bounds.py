@@ -157,3 +157,35 @@ def test_the_description_limit_grows_with_the_plan_not_a_fixed_size():
     small = Expectation.of(["zstd:3"], {"w": ((4,), torch.float32)})
     many = Expectation.of(["zstd:3"], {f"w{i}": ((4,), torch.float32) for i in range(1000)})
     assert small.description_bytes() < 64 << 10 < many.description_bytes() < 4 << 20
+
+
+def raw_blob(st_header: dict | list | str, body: bytes = b"") -> bytes:
+    """A safetensors file with any header text a peer may write."""
+    text = st_header if isinstance(st_header, str) else json.dumps(st_header)
+    return len(text.encode()).to_bytes(8, "little") + text.encode() + body
+
+
+def test_a_header_longer_than_the_plan_needs_is_refused_before_it_is_parsed():
+    limit = expect(SPARSE).header_bytes()
+    bomb = raw_blob("[" + ",".join(["{}"] * (limit // 3 + 1)) + "]")  # parses to a big list
+    assert "the plan's tensors need at most" in refusal(bomb, SPARSE)
+
+
+def test_an_honest_header_fits_the_plans_header_bound():
+    blob = pack(TENSORS, HEADER, Chain.parse(SPARSE)).data
+    assert int.from_bytes(blob[:8], "little") <= expect(SPARSE).header_bytes()
+
+
+@pytest.mark.parametrize("shape", [[1] * 9, [2 ** 49], [-1], [1e400], ["x"]])
+def test_a_shape_out_of_range_is_refused_before_any_product_is_formed(shape):
+    bad = raw_blob({"x": {"dtype": "F32", "shape": shape, "data_offsets": [0, 4]}}, b"\0" * 4)
+    assert "malformed" in refusal(bad, SPARSE)
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000 + "]" * 100_000,                        # deeper than the parser recurses
+    json.dumps({"__metadata__": {HEADER_KEY: 5}}),         # the metadata entry not a string
+    json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 1e400]}}),
+], ids=["deep", "metadata-not-a-string", "offset-overflow"])
+def test_malformed_headers_are_a_blob_error_not_a_crash(text):
+    refusal(raw_blob(text), SPARSE)  # BlobError (INVALID_ARGUMENT upstream), nothing else

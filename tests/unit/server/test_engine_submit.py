@@ -58,3 +58,41 @@ def test_a_second_blob_of_an_accepted_client_is_refused_and_not_folded(tmp_path)
 def test_the_spool_folder_is_in_the_run_folder(tmp_path):
     eng, _ = engine_in_round(tmp_path)
     assert eng.transfers.spool_dir == tmp_path / "spool" and eng.transfers.spool_dir.is_dir()
+
+
+def test_a_blob_checked_for_one_attempt_is_not_folded_into_its_retry(tmp_path, monkeypatch):
+    """A retried round keeps its number: a blob decoded for attempt 0 while attempt 1 opened
+    (planning other clients) must not be folded into attempt 1."""
+    import fedlora.server.engine as engine_module
+
+    eng, folds = engine_in_round(tmp_path)
+    retry = Round(1, 1, {}, {}, deadline=float("inf"), started=0.0)  # plans nobody
+    real = engine_module.read_blob
+
+    def decode_while_the_retry_opens(data, inst):
+        eng.current.open = False
+        eng.current = retry
+        return real(data, inst)
+
+    monkeypatch.setattr(engine_module, "read_blob", decode_while_the_retry_opens)
+    with pytest.raises(Refused) as e:
+        eng.submit("c", 1, blob(10))
+    assert e.value.code == Status.FAILED_PRECONDITION
+    assert folds.weights == [] and retry.accepted == {}
+
+
+def test_a_blob_of_a_client_that_declined_meanwhile_is_not_folded(tmp_path, monkeypatch):
+    import fedlora.server.engine as engine_module
+
+    eng, folds = engine_in_round(tmp_path)
+    real = engine_module.read_blob
+
+    def decline_while_decoding(data, inst):
+        eng.current.refused["c"] = "declined: out of budget"
+        return real(data, inst)
+
+    monkeypatch.setattr(engine_module, "read_blob", decline_while_decoding)
+    with pytest.raises(Refused) as e:
+        eng.submit("c", 1, blob(10))
+    assert e.value.code == Status.FAILED_PRECONDITION
+    assert folds.weights == [] and eng.current.accepted == {}

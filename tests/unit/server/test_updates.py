@@ -120,3 +120,17 @@ def test_a_blob_under_a_chain_other_than_the_plans_is_invalid_and_names_the_chai
 def test_a_delta_that_overflows_is_invalid():
     big = {"w": torch.full((2, 2), 3e38)}
     assert code(lambda: apply_delta(big, big)) == Status.INVALID_ARGUMENT
+
+
+def test_whatever_decoding_a_peers_bytes_raises_is_a_final_refusal(monkeypatch):
+    """Bytes from a peer may trip any error in a decoder: it is INVALID_ARGUMENT (final for the
+    round, the upload dropped), never an unexpected exception that leaves the client hanging."""
+    import fedlora.server.updates as updates
+
+    def crash(data, expect):
+        raise MemoryError("a decoder's own failure")
+
+    monkeypatch.setattr(updates, "unpack", crash)
+    with pytest.raises(Refused) as e:
+        read_blob(b"anything", a_round().instructions["c"])
+    assert e.value.code == Status.INVALID_ARGUMENT and "MemoryError" in e.value.message
