@@ -92,16 +92,18 @@ class Calls:
 
     @contextmanager
     def stream(self, cid: str, kind: str, cancel: Callable[[], None]) -> Iterator[Stream]:
-        """Watches a stream for idleness while the block runs: call :meth:`moved` on each
+        """One stream of ``kind`` by ``cid`` (a call :meth:`hold` counts, so RESOURCE_EXHAUSTED
+        past the limit), watched for idleness while the block runs: call :meth:`moved` on each
         message; the reaper calls ``cancel`` once it has been idle for ``idle_s``."""
-        st = Stream(cid, kind, cancel, self.clock())
-        with self._lock:
-            self._streams.add(st)
-        try:
-            yield st
-        finally:
+        with self.hold(cid, kind):
+            st = Stream(cid, kind, cancel, self.clock())
             with self._lock:
-                self._streams.discard(st)
+                self._streams.add(st)
+            try:
+                yield st
+            finally:
+                with self._lock:
+                    self._streams.discard(st)
 
     def moved(self, st: Stream) -> None:
         st.moved = self.clock()

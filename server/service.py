@@ -114,11 +114,10 @@ class CoordinatorService(pbg.CoordinatorServicer):
         with ExitStack() as held:
             try:
                 cid, blob = self.engine.download_blob(request.session_id, request.round)
-                held.enter_context(self.calls.hold(cid, "download"))
+                st = held.enter_context(self.calls.stream(cid, "download", context.cancel))
             except Refused as e:
                 self._abort(context, e, "download")
                 return
-            st = held.enter_context(self.calls.stream(cid, "download", context.cancel))
             yield from self._download(request, context, cid, blob, st)
 
     def _download(self, request: pb.DownloadRequest, context, cid: str, blob, st):
@@ -146,8 +145,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         t0 = time.perf_counter()  # the call starts before its first chunk has arrived
         session, cid = self._stream_session(context, "upload")
         try:
-            with self.calls.hold(cid, "upload"), \
-                    self.calls.stream(cid, "upload", context.cancel) as st:
+            with self.calls.stream(cid, "upload", context.cancel) as st:
                 return self._upload(self.calls.watch(st, request_iterator), context, session, t0)
         except Refused as e:
             self._abort(context, e, f"upload from {cid!r}")
@@ -159,9 +157,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
             return pb.UploadReply()
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream")
-        if first.session_id != session:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"the first chunk's session_id is not the call's session ({SESSION_METADATA})")
+        _same_session(context, first, session)
         rnd = first.round
         try:
             cid = self.engine.admit_upload(first.session_id, rnd, first.total_size,
@@ -233,8 +229,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
     def ProbeUpload(self, request_iterator, context) -> pb.ProbeReply:
         session, cid = self._stream_session(context, "probe")
         try:
-            with self.calls.hold(cid, "probe"), \
-                    self.calls.stream(cid, "probe", context.cancel) as st:
+            with self.calls.stream(cid, "probe", context.cancel) as st:
                 return self._probe_upload(self.calls.watch(st, request_iterator), context, session)
         except Refused as e:
             self._abort(context, e, f"probe from {cid!r}")
@@ -243,9 +238,8 @@ class CoordinatorService(pbg.CoordinatorServicer):
         received, t0, t1 = 0, None, None
         first = True
         for msg in request_iterator:
-            if first and msg.session_id != session:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                              f"the first chunk's session_id is not the call's session ({SESSION_METADATA})")
+            if first:
+                _same_session(context, msg, session)
             first = False
             now = time.perf_counter()
             t0 = now if t0 is None else t0
@@ -261,7 +255,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         with ExitStack() as held:
             try:
                 cid = self.sessions.check_session(request.session_id)
-                held.enter_context(self.calls.hold(cid, "probe"))
+                st = held.enter_context(self.calls.stream(cid, "probe", context.cancel))
             except Refused as e:
                 self._abort(context, e, "probe")
             if request.size > PROBE_MAX_BYTES:
@@ -269,9 +263,15 @@ class CoordinatorService(pbg.CoordinatorServicer):
                               f"probe larger than {PROBE_MAX_BYTES} bytes")
             chunk = self.engine.spec.chunk_bytes
             sent = 0
-            with self.calls.stream(cid, "probe", context.cancel) as st:
-                while sent < request.size:
-                    n = min(chunk, request.size - sent)
-                    yield pb.Chunk(offset=sent, data=_PROBE_BLOCK[:n], total_size=request.size)
-                    self.calls.moved(st)
-                    sent += n
+            while sent < request.size:
+                n = min(chunk, request.size - sent)
+                yield pb.Chunk(offset=sent, data=_PROBE_BLOCK[:n], total_size=request.size)
+                self.calls.moved(st)
+                sent += n
+
+
+def _same_session(context, msg, session: str) -> None:
+    """A stream's first message names the session its call metadata was admitted with."""
+    if msg.session_id != session:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                      f"the first chunk's session_id is not the call's session ({SESSION_METADATA})")
