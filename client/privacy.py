@@ -57,13 +57,11 @@ class SecretRandomness:
 
     ``noise`` is torchcsprng's ``/dev/urandom`` generator where that package is importable
     (opacus' own secure mode); otherwise a ``torch.Generator`` on the training device seeded
-    with 64 secret bits. ``secure_noise`` asks opacus for noise robust to floating-point
-    attacks (each value a sum of Gaussians) whichever generator draws it."""
+    with 64 secret bits. Either way the trainer asks opacus for its secure mode (noise robust
+    to floating-point attacks, each value a sum of Gaussians)."""
 
     noise: torch.Generator
     sample: np.random.Generator
-    csprng: bool
-    secure_noise: bool = True
 
     @classmethod
     def fresh(cls, device: torch.device) -> "SecretRandomness":
@@ -74,8 +72,8 @@ class SecretRandomness:
             _note_no_csprng()
             noise = torch.Generator(device=device)
             noise.manual_seed(secrets.randbits(64))
-            return cls(noise, sample, csprng=False)
-        return cls(torchcsprng.create_random_device_generator("/dev/urandom"), sample, csprng=True)
+            return cls(noise, sample)
+        return cls(torchcsprng.create_random_device_generator("/dev/urandom"), sample)
 
 
 _noted = False

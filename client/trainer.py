@@ -86,14 +86,14 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     forward = model
     steps = steps_per_round(t, len(data))
-    if ledger is not None and secret is not None:
+    if ledger is not None and secret is not None:  # both or neither
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
         forward = GradSampleModule(model, loss_reduction="mean")
         opt = DPOptimizer(opt, noise_multiplier=ledger.noise_multiplier, max_grad_norm=ledger.clip_norm,
                           expected_batch_size=max(1, t.batch_size), loss_reduction="mean",
-                          generator=secret.noise, secure_mode=secret.secure_noise)
+                          generator=secret.noise, secure_mode=True)
         source = _poisson(task, data, tokenizer, steps, ledger.sample_rate, max_length, rng)
     else:
         source = _shuffled(task, data, tokenizer, t, max_length, rng)
