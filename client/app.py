@@ -20,6 +20,7 @@ from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, CoordinatorError, CoordinatorLost, TransferFailed
 from fedlora.common.config import ClientConfig
 from fedlora.common.data import FederatedSplit, split_local
+from fedlora.common.evaluate import EvalOptions
 from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task
@@ -34,6 +35,10 @@ from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 
 log = logging.getLogger("fedlora.client")
+
+# exact-match answers a client generates per evaluation (causal-lm): the coordinator's own
+# test evaluation takes its config's count; a client's sits between training and upload
+CLIENT_GENERATE = 32
 
 LOCAL = "local"  # the round store of the plan's keep_local tensors (<state_dir>/<id>/local/)
 
@@ -102,6 +107,10 @@ class Client:
         built-in data only: with their own data, clients have no common test set)."""
         split = self._builtin_split(spec)
         return None if split is None else split.test()
+
+    def _eval_options(self) -> EvalOptions:
+        """A client's evaluations: its hold-out, and the test split where the plan asks."""
+        return EvalOptions(32, self.spec.max_length, generate_examples=CLIENT_GENERATE)
 
     def _model_for(self, spec: pb.AdapterSpec) -> AdaptedModel:
         key = spec.SerializeToString(deterministic=True)
@@ -222,7 +231,7 @@ class Client:
         if keep:
             state = am.state()
             self._store(LOCAL).save(rnd, {k: state[k] for k in keep})
-        score = self.task.evaluate(am.model, self.tokenizer, self.eval_data, 128, self.spec.max_length,
+        score = self.task.evaluate(am.model, self.tokenizer, self.eval_data, self._eval_options(),
                                    self.device)
         state = am.state()
         update = {n: state[n] for n in select(am.names(), plan.upload)}
@@ -230,7 +239,7 @@ class Client:
             update = {n: t - global_tensors[n].to(t.dtype) for n, t in update.items()}
         update.update(self.hooks.upload_extras(plan, am))
         if REPORT_TEST_ACCURACY in plan.report and self.test_data is not None:
-            test = self.task.evaluate(am.model, self.tokenizer, self.test_data, 128, self.spec.max_length,
+            test = self.task.evaluate(am.model, self.tokenizer, self.test_data, self._eval_options(),
                                       self.device)
             metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
         blob = self._pack_upload(rnd, update, {"round": rnd, "client": self.cfg.client_id,

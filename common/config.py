@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedlora import methods
+from fedlora.common.evaluate import EvalOptions
 from fedlora.common.tasks import DEFAULT_TASK, TASKS, get_task
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
@@ -67,11 +68,16 @@ class TrainingConfig(Strict):
 
 class DataConfig(Strict):
     dataset: str = Field("trec", description="'trec' (built-in) or a CSV/JSON/JSONL file path")
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = Field("text", description="classification: the input text's column")
+    label_column: str = Field("label", description="classification: the label's column")
+    prompt_column: str = Field("prompt", description="causal-lm: the instruction's column")
+    response_column: str = Field("response", description="causal-lm: the answer's column")
+    messages_column: str = Field("messages", description="causal-lm: a chat-format list of "
+                                 "{role, content}, the last the assistant's (instead of prompt/response)")
     dirichlet_alpha: float = Field(0.5, gt=0)
     test_fraction: float = Field(0.1, gt=0, lt=1)
-    max_length: int = Field(48, ge=8, le=4096)
+    max_length: int = Field(48, ge=8, le=4096, description="tokens per example (the task's "
+                            "default when unset: classification 48, causal-lm 128)")
 
 
 # Client ids name files (certificates, personal state) and appear in logs: letters, digits,
@@ -137,7 +143,9 @@ class ServerConfig(Strict):
     insecure: bool = Field(False, description="serve plaintext (logged as a warning); else TLS is required")
     run_dir: Path = Path("runs/latest")
     strategy: str = Field(methods.DEFAULT, description="the federated method (fedlora.methods)")
-    model: str = Field("default", description="'default' (all-MiniLM-L6-v2) or a local HF folder")
+    model: str = Field("default", description="'default' (the task's built-in base: "
+                       "all-MiniLM-L6-v2; causal-lm: SmolLM2-135M-Instruct GGUF), a local HF "
+                       "folder, or (causal-lm) a .gguf file")
     task: str = Field(DEFAULT_TASK, description="what the model learns: " + ", ".join(TASKS))
     rounds: int = Field(5, ge=1)
     clients: int | list[ClientEntry] = Field(4, description="a count, or ids with tokens")
@@ -176,6 +184,12 @@ class ServerConfig(Strict):
     threads: int = Field(0, ge=0, description="torch threads for evaluation; 0 = torch default")
     device: str = "cpu"
     eval_batch_size: int = Field(128, ge=1)
+    generate_examples: int = Field(64, ge=0, description="causal-lm: test examples answered by "
+                                   "greedy decoding for exact match, each evaluation (0 = loss only)")
+    max_new_tokens: int = Field(8, ge=1, le=4096, description="causal-lm: longest generated answer")
+    eval_examples: int = Field(0, ge=0, description="the coordinator's evaluations read the first "
+                               "this many test examples (0 = all): a causal LM's forward pass is "
+                               "costly on a CPU")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -186,6 +200,23 @@ class ServerConfig(Strict):
     def _known_task(cls, v: str) -> str:
         get_task(v)  # raises ValueError listing the known tasks
         return v
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> "ServerConfig":
+        """Fields the run leaves unset take its task's defaults (LoRA targets, the head trained in
+        full, sequence length): a causal LM has no ``query`` module and no ``classifier``."""
+        task = get_task(self.task)
+        if "target_modules" not in self.adapter.model_fields_set:
+            self.adapter.target_modules = list(task.target_modules)
+        if "modules_to_save" not in self.adapter.model_fields_set:
+            self.adapter.modules_to_save = list(task.modules_to_save)
+        if "max_length" not in self.data.model_fields_set:
+            self.data.max_length = task.max_length
+        return self
+
+    def eval_options(self) -> EvalOptions:
+        return EvalOptions(self.eval_batch_size, self.data.max_length, self.generate_examples,
+                           self.max_new_tokens, self.eval_examples)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServerConfig":
@@ -272,6 +303,9 @@ class ClientConfig(Strict):
     data: str = Field("", description="this client's own CSV/JSON/JSONL; '' = its built-in shard")
     text_column: str = "text"
     label_column: str = "label"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"
     state_dir: Path = Path("client-state")
     threads: int = Field(0, ge=0, description="torch threads; 0 = torch default")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N'")

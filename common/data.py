@@ -61,8 +61,8 @@ def load_trec() -> Dataset:
     return Dataset(texts, [index[by_text[t]] for t in texts], names)
 
 
-def read_records(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
-    """(text, label) pairs from a CSV, JSON (list of objects) or JSONL file."""
+def read_rows(path: Path) -> list:
+    """The rows of a CSV, JSON (list of objects) or JSONL file, as parsed."""
     if not path.is_file():
         raise FileNotFoundError(f"data file {path}: not found")
     suffix = path.suffix.lower()
@@ -77,15 +77,20 @@ def read_records(path: Path, text_column: str, label_column: str) -> list[tuple[
             raise ValueError(f"data file {path}: expected a list of objects")
     else:
         raise ValueError(f"data file {path}: unsupported type {suffix!r} (csv, json, jsonl)")
+    if not rows:
+        raise ValueError(f"data file {path}: no rows")
+    return rows
+
+
+def read_records(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
+    """(text, label) pairs from a CSV, JSON (list of objects) or JSONL file."""
     out = []
-    for i, row in enumerate(rows):
-        if text_column not in row or label_column not in row:
+    for i, row in enumerate(read_rows(path)):
+        if not isinstance(row, dict) or text_column not in row or label_column not in row:
             raise ValueError(
                 f"data file {path}: row {i} lacks column {text_column!r} or {label_column!r}"
             )
         out.append((str(row[text_column]), str(row[label_column])))
-    if not out:
-        raise ValueError(f"data file {path}: no rows")
     return out
 
 

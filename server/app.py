@@ -19,9 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedlora import methods
 from fedlora.common.channel import grpc_options
 from fedlora.common.config import ConfigError, ServerConfig, public_config
-from fedlora.common.model import AdaptedModel, resolve_model_path
+from fedlora.common.model import AdaptedModel
 from fedlora.common.storage import StorageError, atomic_dir, prepare_dir, reason, write_atomic
-from fedlora.common.tasks import get_task
+from fedlora.common.tasks import Task, get_task
 from fedlora.common.wire.protocol import MAX_MESSAGE_BYTES
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
@@ -91,12 +91,11 @@ def serve(cfg: ServerConfig) -> int:
         chunk_bytes=cfg.chunk_bytes, label_names=dataset.label_names,
         config_json=public_config(cfg), adapter=cls.adapter_spec(cfg),
     )
-    log.info("model %s, strategy %s, %d test examples, shards %s", resolve_model_path(cfg.model),
+    log.info("model %s, strategy %s, %d test examples, shards %s", task.model_source(cfg.model),
              cfg.strategy, len(test), shard_sizes)
 
     def score():
-        return task.evaluate(model.model, tokenizer, test, cfg.eval_batch_size, cfg.data.max_length,
-                             cfg.device)
+        return task.evaluate(model.model, tokenizer, test, cfg.eval_options(), cfg.device)
 
     engine = Engine(cfg, strategy, spec, runlog, score,
                     completed=resumed.completed if resumed else 0, checkpoint=checkpoint,
@@ -144,7 +143,7 @@ def serve(cfg: ServerConfig) -> int:
         log.warning("adapter and personal state not saved: the run folder cannot be written")
     else:
         try:
-            adapter_dir = _save_results(cfg, engine, strategy, tokenizer, dataset.label_names, task.name)
+            adapter_dir = _save_results(cfg, engine, strategy, tokenizer, dataset.label_names, task)
         except (OSError, StorageError) as e:
             runlog.fail(f"run folder {cfg.run_dir}: cannot save the results: "
                         f"{e.why if isinstance(e, StorageError) else reason(e)}")
@@ -182,7 +181,7 @@ def server_options() -> list[tuple[str, int]]:
 
 
 def _save_results(cfg: ServerConfig, engine: Engine, strategy, tokenizer, label_names: list[str],
-                  task_name: str) -> Path | None:
+                  task: Task) -> Path | None:
     """Personal state and the final adapter, each folder written whole or not at all; returns
     the adapter folder (None when the coordinator holds no global model to save)."""
     personal = strategy.personal_state()
@@ -199,9 +198,9 @@ def _save_results(cfg: ServerConfig, engine: Engine, strategy, tokenizer, label_
         strategy.save_adapter(folder)
         tokenizer.save_pretrained(str(folder))
         (folder / "fedlora.json").write_text(json.dumps(
-            {"base_model": str(resolve_model_path(cfg.model)), "label_names": label_names,
+            {"base_model": task.model_source(cfg.model), "label_names": label_names,
              "num_labels": len(label_names), "seed": cfg.seed, "strategy": cfg.strategy,
-             "task": task_name},
+             "task": task.name},
             indent=2) + "\n")
     return adapter_dir
 

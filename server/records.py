@@ -21,7 +21,7 @@ from fedlora.server.runlog import RunLog
 def write_initial(runlog: RunLog, score: Score) -> None:
     """Round 0: the model before any update, so every run's curve starts from the same point."""
     runlog.write("round", round=0, test_accuracy=score.accuracy, test_loss=score.loss,
-                 planned=0, accepted=0, seconds=0.0, up_mb=0.0, down_mb=0.0)
+                 **_extra(score), planned=0, accepted=0, seconds=0.0, up_mb=0.0, down_mb=0.0)
 
 
 def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
@@ -64,7 +64,7 @@ def write_round(runlog: RunLog, r: Round, records: list[dict[str, Any]], missing
     return runlog.write(
         "round", round=r.number, attempt=r.attempt, planned=len(r.instructions),
         accepted=len(r.accepted), refused=sorted(r.refused), missing=missing,
-        test_accuracy=score.accuracy, test_loss=score.loss, train_loss=train_loss,
+        test_accuracy=score.accuracy, test_loss=score.loss, **_extra(score), train_loss=train_loss,
         seconds=round(seconds, 3), personal_accuracy=_weighted(accepted, "local_accuracy"),
         evaluated_by=evaluated_by,
         up_mb=sum(t.payload_bytes for t in up.values()) / 1e6,
@@ -74,6 +74,11 @@ def write_round(runlog: RunLog, r: Round, records: list[dict[str, Any]], missing
         down_wire_mb=_sum_mb(rec["down"]["iface_bytes"] for rec in accepted
                              if rec["down"]["payload_bytes"]),
         strategy=strategy)
+
+
+def _extra(score: Score) -> dict[str, float]:
+    """A task's further figures (perplexity) as ``test_<name>`` fields."""
+    return {f"test_{k}": v for k, v in score.extra.items()}
 
 
 def profile_dict(p: pb.DeviceProfile) -> dict[str, Any]:

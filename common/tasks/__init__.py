@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fedlora.common.tasks.base import Task
+from fedlora.common.tasks.causal_lm import CausalLMTask
 from fedlora.common.tasks.classification import ClassificationTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(),)}
+TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), CausalLMTask())}
 
 # what a RunSpec without a task means: coordinators from before the field trained classifiers
 DEFAULT_TASK = ClassificationTask.name

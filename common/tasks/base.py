@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from fedlora.common.data import FederatedSplit
-from fedlora.common.evaluate import Score
-from fedlora.common.model import load_tokenizer
+from fedlora.common.evaluate import EvalOptions, Score
+from fedlora.common.model import load_tokenizer, resolve_model_path
 
 
 class Rows(Protocol):
@@ -44,6 +44,9 @@ class Columns(Protocol):
 
     text_column: str
     label_column: str
+    prompt_column: str
+    response_column: str
+    messages_column: str
 
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -55,6 +58,15 @@ class Task(ABC):
 
     name: ClassVar[str]
     peft_task_type: ClassVar[str]  # ``LoraConfig.task_type``: peft's wrapper and the saved adapter's type
+    # the config's defaults where the run leaves them unset (``adapter.*``, ``data.max_length``)
+    target_modules: ClassVar[tuple[str, ...]]
+    modules_to_save: ClassVar[tuple[str, ...]]
+    max_length: ClassVar[int]
+
+    def model_source(self, model: str) -> str:
+        """Where ``model`` (a name from the config; ``default`` = the task's built-in base) is
+        read from, for logs and the saved adapter's record."""
+        return str(resolve_model_path(model))
 
     def load_tokenizer(self, model: str):
         return load_tokenizer(model)
@@ -87,7 +99,7 @@ class Task(ABC):
         ``len(targets)`` to combine batches and ranks), computed in float32."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, tokenizer, data: Rows, batch_size: int, max_length: int,
+    def evaluate(self, model: nn.Module, tokenizer, data: Rows, opts: EvalOptions,
                  device: torch.device | str) -> Score:
         """The task's metric and mean loss on ``data``, leaving the model's train/eval mode as
         it found it."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedlora.common.data import TREC, Dataset, FederatedSplit, load_file, load_trec
-from fedlora.common.evaluate import Score
+from fedlora.common.evaluate import EvalOptions, Score
 from fedlora.common.model import quiet_transformers, resolve_model_path
 from fedlora.common.tasks.base import Batch, Columns, Task
 
@@ -34,6 +34,9 @@ def batches(data: Dataset, tokenizer, batch_size: int, max_length: int,
 class ClassificationTask(Task):
     name: ClassVar[str] = "classification"
     peft_task_type: ClassVar[str] = "SEQ_CLS"
+    target_modules: ClassVar[tuple[str, ...]] = ("query", "value")  # BERT's attention projections
+    modules_to_save: ClassVar[tuple[str, ...]] = ("classifier",)  # the fresh head trains in full
+    max_length: ClassVar[int] = 48
 
     def load_base(self, model: str, num_labels: int, seed: int) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -63,14 +66,16 @@ class ClassificationTask(Task):
         return F.cross_entropy(logits.float(), targets, reduction="sum") / len(targets)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, tokenizer, data: Dataset, batch_size: int, max_length: int,
+    def evaluate(self, model: nn.Module, tokenizer, data: Dataset, opts: EvalOptions,
                  device: torch.device | str) -> Score:
+        if opts.max_examples and len(data) > opts.max_examples:
+            data = data.subset(list(range(opts.max_examples)))
         if len(data) == 0:
             return Score(float("nan"), float("nan"), 0)
         was_training = model.training
         model.eval()
         correct, loss_sum = 0, 0.0
-        for enc, labels in batches(data, tokenizer, batch_size, max_length):
+        for enc, labels in batches(data, tokenizer, opts.batch_size, opts.max_length):
             enc = {k: v.to(device) for k, v in enc.items()}
             labels = labels.to(device)
             logits = model(**enc).logits.float()

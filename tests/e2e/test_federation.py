@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedlora.common.evaluate import EvalOptions
 from fedlora.common.wire.blob import unpack
 from mallory import CHUNK, TOKEN, Mallory
 from procs import finish, records, start_client, start_server, tail
@@ -149,5 +150,5 @@ def test_saved_adapter_loads_with_peft_and_scores_the_reported_accuracy(federati
     model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tok = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))
     test = FederatedSplit.make(load_trec(), len(TOKENS), 0.5, 0.1, seed=1).test()
-    score = get_task("classification").evaluate(model, tok, test, 128, 48, "cpu")
+    score = get_task("classification").evaluate(model, tok, test, EvalOptions(128, 48), "cpu")
     assert score.accuracy == pytest.approx(summary["final_accuracy"], abs=1e-9)

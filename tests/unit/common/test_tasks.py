@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedlora.common.evaluate import EvalOptions
 from fedlora.common.config import AdapterConfig, ConfigError, ServerConfig, load_config
 from fedlora.common.data import Dataset, FederatedSplit, load_trec
 from fedlora.common.model import AdaptedModel, adapter_spec_from_config
@@ -36,14 +37,14 @@ def test_registry_finds_classification_and_names_the_known_tasks_otherwise():
     assert isinstance(get_task("classification"), ClassificationTask)
     assert get_task(DEFAULT_TASK) is TASKS["classification"]
     assert get_task("classification").peft_task_type == "SEQ_CLS"
-    with pytest.raises(ValueError, match=r"unknown task 'nope' \(known: classification\)"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope' \(known: causal-lm, classification\)"):
         get_task("nope")
 
 
 def test_config_refuses_an_unknown_task_naming_the_field():
     assert load_config(ServerConfig, None, {}).task == "classification"
-    with pytest.raises(ConfigError, match=r"^config error: task: unknown task 'causal-lm'"):
-        load_config(ServerConfig, None, {"task": "causal-lm"})
+    with pytest.raises(ConfigError, match=r"^config error: task: unknown task 'seq2seq'"):
+        load_config(ServerConfig, None, {"task": "seq2seq"})
 
 
 def test_batches_are_the_tokenized_rows_in_order_with_their_labels(tiny_model, task):
@@ -69,7 +70,7 @@ def test_loss_is_the_mean_cross_entropy(task):
 def test_evaluate_scores_accuracy_and_loss_as_computed_directly(tiny_model, task, model):
     tok = task.load_tokenizer(str(tiny_model))
     model.model.train()
-    score = task.evaluate(model.model, tok, DATA, 2, 32, "cpu")
+    score = task.evaluate(model.model, tok, DATA, EvalOptions(2, 32), "cpu")
     assert model.model.training  # the mode it found is restored
     model.model.eval()
     with torch.no_grad():
@@ -79,7 +80,7 @@ def test_evaluate_scores_accuracy_and_loss_as_computed_directly(tiny_model, task
     assert score.examples == 5
     assert score.accuracy == (logits.argmax(-1) == y).sum().item() / 5
     assert score.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
-    empty = task.evaluate(model.model, tok, DATA.subset([]), 2, 32, "cpu")
+    empty = task.evaluate(model.model, tok, DATA.subset([]), EvalOptions(2, 32), "cpu")
     assert empty.examples == 0
 
 
