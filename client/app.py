@@ -223,7 +223,8 @@ class Client:
             distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
         metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
                               round_seed(self.spec.seed, rnd, self.cfg.client_id), self.device, ledger,
-                              after_backward, self.ctx, task=self.task)
+                              after_backward, self.ctx, task=self.task,
+                              checkpointing=self.cfg.checkpointing(self.device))
         if ledger is not None:
             ledger.record(steps_per_round(plan.training, len(self.train_data)))
             metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,

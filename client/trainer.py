@@ -52,7 +52,8 @@ def _poisson(task: Task, data: Rows, tokenizer, steps: int, rate: float, max_len
 def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, max_length: int,
                 seed: int, device: torch.device, ledger: PrivacyLedger | None = None,
                 after_backward: Callable[[], None] | None = None,
-                ctx: DistContext | None = None, *, task: Task) -> dict[str, float]:
+                ctx: DistContext | None = None, *, task: Task,
+                checkpointing: bool = False) -> dict[str, float]:
     """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise).
     ``task`` collates ``data`` and scores the model's logits.
 
@@ -66,7 +67,12 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
 
     ``regularisation["prox_mu"]`` adds FedProx's ``mu/2 ||theta - theta_start||^2`` (its
     gradient, after backward); ``after_backward`` sees the gradients of every step before the
-    optimizer does (e.g. gradient-based scores). With ``ctx`` (torchrun), every rank runs the same
+    optimizer does (e.g. gradient-based scores). On CUDA the forward runs under bf16 autocast
+    (where the GPU has bf16; the weights stay float32, so updates travel as before), and with
+    ``checkpointing`` transformers' gradient checkpointing recomputes each block's activations
+    in backward instead of keeping them (the non-reentrant form, which needs no input grads
+    for a frozen embedding and replays dropout exactly); DP-SGD's per-sample hooks do not
+    survive the recomputation, so it is off under DP. With ``ctx`` (torchrun), every rank runs the same
     global batches, takes its rows of each, and DDP averages the gradients: the loss is scaled so
     that average is the whole batch's mean gradient, whatever the split."""
     model = am.model
@@ -86,6 +92,9 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     forward = model
     steps = steps_per_round(t, len(data))
+    checkpointing = checkpointing and ledger is None and hasattr(model, "gradient_checkpointing_enable")
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if ledger is not None and secret is not None:  # both or neither
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
@@ -138,6 +147,8 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
     finally:
         if ledger is not None:
             forward._close()  # remove opacus' hooks: the model is reused next round
+        if checkpointing:  # evaluation and the next plan start from the plain model
+            model.gradient_checkpointing_disable()
     seconds = time.perf_counter() - t0
     if ctx is not None:
         loss_sum, seen = all_sum([loss_sum, float(seen)])

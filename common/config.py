@@ -310,6 +310,8 @@ class ClientConfig(Strict):
     threads: int = Field(0, ge=0, description="torch threads; 0 = torch default")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N'")
     local_eval_fraction: float = Field(0.1, ge=0, lt=1)
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="recompute activations in backward to save memory: 'auto' = on CUDA")
     no_progress_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(120.0, gt=0, description="first join: how long to wait for the coordinator to come up")
     coordinator_timeout_s: float = Field(
@@ -318,6 +320,10 @@ class ClientConfig(Strict):
                     "this long; until then it is retried with backoff and rejoined")
     probe_bytes: int = Field(256 << 10, ge=0, le=256 << 20,
                              description="link probe size each way at join; 0 = no probe")
+
+    def checkpointing(self, device) -> bool:
+        return self.gradient_checkpointing == "on" or (
+            self.gradient_checkpointing == "auto" and device.type == "cuda")
 
     @model_validator(mode="after")
     def _transport(self) -> "ClientConfig":

@@ -69,3 +69,30 @@ def test_block_profile_times_every_block_and_leaves_parameters_and_rng_alone(set
     assert all(prof[k] >= 0 for k in prof) and prof["step"] > 0
     assert all(torch.equal(before[k], v) for k, v in am.state().items())
     assert torch.equal(rng, torch.get_rng_state())
+
+
+def _causal_round(tiny_llama, checkpointing: bool) -> tuple[dict[str, torch.Tensor], float, set[bool]]:
+    task = get_task("causal-lm")
+    from fedlora.common.tasks.causal_lm import trec_instructions
+
+    spec = adapter_spec_from_config(AdapterConfig(target_modules=["q_proj", "v_proj"], modules_to_save=[],
+                                                  dropout=0.1), seed=0)
+    am = AdaptedModel(task.load_base(str(tiny_llama), 0, 0), spec, task.peft_task_type)
+    am.set_trainable([r"lora_"], [])
+    t = pb.LocalTraining(max_steps=2, batch_size=4, learning_rate=1e-2)
+    during: set[bool] = set()
+    out = train_local(am, trec_instructions().subset(range(16)), task.load_tokenizer(str(tiny_llama)),
+                      t, 64, seed=5, device=torch.device("cpu"), task=task, checkpointing=checkpointing,
+                      after_backward=lambda: during.add(am.model.is_gradient_checkpointing))
+    assert not am.model.is_gradient_checkpointing  # evaluation gets the plain model back
+    return am.state(), out["train_loss"], during
+
+
+def test_gradient_checkpointing_trains_exactly_as_keeping_activations(tiny_llama):
+    """The GPU path's memory saver recomputes activations (dropout replayed): same update."""
+    plain, loss, off = _causal_round(tiny_llama, checkpointing=False)
+    recomputed, loss_ckpt, on = _causal_round(tiny_llama, checkpointing=True)
+    assert off == {False} and on == {True}
+    assert loss_ckpt == pytest.approx(loss, rel=1e-6)
+    for name, t in plain.items():
+        torch.testing.assert_close(recomputed[name], t, rtol=1e-5, atol=1e-7)
