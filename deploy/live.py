@@ -19,6 +19,12 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def metric_label(records: list[dict[str, Any]]) -> str:
+    """What ``test_accuracy`` measures: a generative task's rounds carry a perplexity, and its
+    metric is the exact match of generated answers."""
+    return "exact match" if any("test_perplexity" in r for r in records) else "acc"
+
+
 class LiveTable:
     def __init__(self, run_dir: Path, enabled: bool = True):
         self.run_dir = run_dir
@@ -52,30 +58,32 @@ class LiveTable:
             r = rows[rnd]
             out.append([str(rnd), f"{_fmt(r.get('finished'), 'd')}/{_fmt(r.get('planned'), 'd')}",
                         _fmt(r.get("train_loss"), ".4f"), _fmt(r.get("test_accuracy"), ".4f"),
-                        _fmt(r.get("up_mb"), ".3f"), _fmt(r.get("down_mb"), ".3f"),
+                        _fmt(r.get("test_perplexity"), ".3f"), _fmt(r.get("up_mb"), ".3f"), _fmt(r.get("down_mb"), ".3f"),
                         _fmt(r.get("up_wire_mb"), ".3f"), _fmt(r.get("down_wire_mb"), ".3f"),
                         _fmt(r.get("seconds"), ".1f"), r.get("state", "")])
         return out
 
-    def _table(self, rows: list[list[str]]) -> Table:
+    def _table(self, rows: list[list[str]], label: str = "acc") -> Table:
         t = Table(title="rounds")
-        for col in ("round", "clients", "train loss", "test acc", "MB up", "MB down", "wire MB up",
-                    "wire MB down", "seconds", ""):
+        for col in ("round", "clients", "train loss", f"test {label}", "test ppl", "MB up", "MB down",
+                    "wire MB up", "wire MB down", "seconds", ""):
             t.add_column(col, justify="right")
         for row in rows:
             t.add_row(*row)
         return t
 
     def refresh(self) -> None:
-        rows = self._rows(read_records(self.run_dir / "metrics.jsonl"))
+        records = read_records(self.run_dir / "metrics.jsonl")
+        rows, label = self._rows(records), metric_label(records)
         if self._live is not None:
-            self._live.update(self._table(rows))
+            self._live.update(self._table(rows, label))
             return
         for row in rows:  # plain output: one line per finished round
             if int(row[0]) >= self._printed and row[-1] == "done":
-                wire = f", wire MB up {row[6]}, down {row[7]}" if row[6] != "-" else ""
-                print(f"round {row[0]}: clients {row[1]}, train loss {row[2]}, test acc {row[3]}, "
-                      f"MB up {row[4]}, MB down {row[5]}{wire}, {row[8]}s", flush=True)
+                ppl = f", ppl {row[4]}" if row[4] != "-" else ""
+                wire = f", wire MB up {row[7]}, down {row[8]}" if row[7] != "-" else ""
+                print(f"round {row[0]}: clients {row[1]}, train loss {row[2]}, test {label} {row[3]}{ppl}, "
+                      f"MB up {row[5]}, MB down {row[6]}{wire}, {row[9]}s", flush=True)
                 self._printed = int(row[0]) + 1
 
     def stop(self) -> None:
@@ -92,8 +100,10 @@ class LiveTable:
         s = json.loads(path.read_text())
         b = s["bytes"]
         print(f"status: {s['status']}" + (f" ({s['error']})" if s.get("error") else ""))
-        print(f"rounds: {s['rounds_completed']}/{s['rounds_requested']}, final test accuracy: "
-              f"{_fmt(s['final_accuracy'], '.4f')}, wall time {s['elapsed_seconds']:.1f}s")
+        metric = "exact match" if s.get("final_perplexity") is not None else "accuracy"
+        ppl = f", perplexity {s['final_perplexity']:.3f}" if s.get("final_perplexity") is not None else ""
+        print(f"rounds: {s['rounds_completed']}/{s['rounds_requested']}, final test {metric}: "
+              f"{_fmt(s['final_accuracy'], '.4f')}{ppl}, wall time {s['elapsed_seconds']:.1f}s")
         for d in ("up", "down"):
             wire = b[d].get("iface_bytes")
             print(f"bytes {d:>4}: tensor {b[d]['tensor_bytes']:,}  payload {b[d]['payload_bytes']:,}  "

@@ -120,6 +120,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "initial_accuracy": initial.get("test_accuracy"),
         "final_accuracy": last.get("test_accuracy"),
         "final_loss": last.get("test_loss"),
+        "final_perplexity": last.get("test_perplexity"),
         "best_accuracy": max((r["test_accuracy"] for r in rounds), default=None),
         "accuracy_by_round": [r["test_accuracy"] for r in rounds],
         "bytes": totals,

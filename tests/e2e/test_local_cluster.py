@@ -49,6 +49,19 @@ def test_run_starts_one_process_per_role_and_logs_each(tmp_path, tiny_model):
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
+def test_run_task_causal_lm_reports_exact_match_and_perplexity(tmp_path, tiny_llama):
+    run_dir, p = _run(tmp_path, tiny_llama, "--task", "causal-lm", "--rounds", "1",
+                      "--set", "generate_examples=4", "--set", "eval_examples=32")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"final test exact match: {summary['final_accuracy']:.4f}, perplexity " \
+           f"{summary['final_perplexity']:.3f}" in out
+    assert "round 1: clients 3/3" in out and ", ppl " in out
+    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "CAUSAL_LM"
+
+
 def test_interrupt_stops_every_process(tmp_path, tiny_model):
     run_dir, p = _run(tmp_path, tiny_model, "--rounds", "100000")  # tiny rounds take ~0.25 s: never done first
     end = time.time() + 300
