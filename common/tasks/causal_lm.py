@@ -222,7 +222,8 @@ def generate(model: nn.Module, tokenizer, prompts: list[Messages], max_new_token
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in encs], device=device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encs], device=device)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                             use_cache=True)  # the config's is off for training
         out.extend(tokenizer.decode(g[width:], skip_special_tokens=True) for g in gen)
     model.train(was_training)
     return out
