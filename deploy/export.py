@@ -25,11 +25,12 @@ from fedlora.deploy.runs import FinishedRun, finished_run
 log = logging.getLogger("fedlora.export")
 
 GGUF_FILE = "model-f16.gguf"
-# merging re-orders float32 sums only: what is left is rounding
-MERGE_TOLERANCE = 1e-4
-# f16 weights keep ~11 significant bits: logits move by a small fraction of their scale; a
-# wrong tensor layout moves them by about the scale itself
-GGUF_RELATIVE_TOLERANCE = 0.02
+# Both tolerances are fractions of the largest logit magnitude (at least 1). Merging re-orders
+# float32 sums only (SmolLM2-135M: 9.7e-5 at logits up to 38.6, 2.5e-6 of them)
+MERGE_RELATIVE_TOLERANCE = 1e-4
+# f16 weights keep ~11 significant bits (SmolLM2-135M: 0.04 at 38.6, 1e-3; the tiny random
+# Llama about 2e-3); a wrong tensor layout moves logits by about their magnitude itself
+GGUF_RELATIVE_TOLERANCE = 0.01
 
 PROBE_QUESTIONS = ("How far is it from Denver to Aspen?", "What county is Modesto, California in?",
                    "Who was Galileo?", "What does NASA stand for?")
@@ -171,9 +172,10 @@ def export(run_dir: Path, out: Path, gguf: bool = True, force: bool = False) -> 
         reloaded = run.auto_class().from_pretrained(str(folder), dtype=torch.float32)
         merged_logits = logits_of(reloaded, tokenizer, texts, special)
         diff = max_diff(before, merged_logits)
-        if not diff <= MERGE_TOLERANCE:
+        bound = MERGE_RELATIVE_TOLERANCE * max(1.0, max(float(x.abs().max()) for x in before))
+        if not diff <= bound:
             raise ExportCheckFailed(f"merged model: logits differ from base + adapter by {diff:.3g} "
-                                    f"(tolerance {MERGE_TOLERANCE})")
+                                    f"(tolerance {bound:.3g})")
         rep = ExportReport(out, diff, seconds=times)
         rep.gguf_skipped = "--no-gguf" if not gguf else _gguf_reason(run, merged)
         if not rep.gguf_skipped:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlora.deploy.export import GGUF_FILE, export
+from fedlora.deploy.export import GGUF_FILE, GGUF_RELATIVE_TOLERANCE, export
 from fedlora.deploy.runs import finished_run
 
 TEXT = "<|im_start|>user\nWho was Galileo?<|im_end|>\n<|im_start|>assistant\n"
@@ -121,7 +121,7 @@ def test_merged_folder_has_generation_config_and_tokenizer(exported):
 def test_gguf_is_written_and_checked_against_the_merged_model(exported):
     rep, out = exported
     assert rep.gguf == out / GGUF_FILE and rep.gguf.is_file()
-    assert 0 < rep.gguf_diff < 0.02 * max(1.0, rep.gguf_scale)
+    assert 0 < rep.gguf_diff < GGUF_RELATIVE_TOLERANCE * max(1.0, rep.gguf_scale)
     assert not (out / ".gguf-check").exists()
 
 
@@ -179,4 +179,4 @@ def test_a_run_on_a_gguf_base_exports_dequantised_float_weights(tmp_path, tiny_l
                                         str(run / "adapter"))
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"))
     assert torch.allclose(_logits(merged, tok), _logits(adapted, tok), atol=1e-5)
-    assert rep.gguf is not None and rep.gguf_diff < 0.02 * max(1.0, rep.gguf_scale)
+    assert rep.gguf is not None and rep.gguf_diff < GGUF_RELATIVE_TOLERANCE * max(1.0, rep.gguf_scale)
