@@ -16,6 +16,7 @@ written into a file that would load as a different model.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ def write_llama_gguf(model: nn.Module, tokenizer, path: Path, pre: str = DEFAULT
     import gguf
 
     _check_model(model)
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its INFO lines are a progress log
     cfg = model.config
     tokens, token_types, merges = tokenizer_vocab(tokenizer, cfg.vocab_size)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
