@@ -1,5 +1,6 @@
 """The ``fedlora`` command: ``server``, ``client`` and ``run`` (a local cluster), and the tools
-around them (``certs``, ``tokens``, ``health``, ``shape``, ``report``).
+around them (``certs``, ``tokens``, ``health``, ``shape``, ``report``) and the trained model's
+(``export``, ``generate``).
 
 Flags are shortcuts for config fields; ``--set key.sub=value`` reaches any field; a config
 file (YAML or JSON) gives the base. Bad configuration ends the command with one line naming
@@ -164,6 +165,25 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, gRPC, wire",
                          description="Compare what crossed the wire with the payload, per client and direction.")
     rep.add_argument("run_dir", help="a run folder (with metrics.jsonl)")
+
+    ex = sub.add_parser("export", help="a finished run's model as a merged Hugging Face folder (+ GGUF)",
+                        description="Fold the run's final adapter into its base and write a plain "
+                                    "Hugging Face folder (safetensors, tokenizer, generation config); "
+                                    "for a Llama-family causal LM also an f16 GGUF. Both are read back "
+                                    "and checked against base + adapter before the command succeeds.")
+    ex.add_argument("run_dir", help="a finished run folder (with adapter/)")
+    ex.add_argument("--merge", required=True, metavar="OUT", help="folder to write")
+    ex.add_argument("--no-gguf", action="store_true", help="skip the GGUF file")
+    ex.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+    g = sub.add_parser("generate", help="greedy answers of a causal-LM run (or an exported model)",
+                       description="Load a finished causal-LM run (base + adapter) or a folder/.gguf "
+                                   "that `fedlora export` wrote, and print its greedy answer to each "
+                                   "prompt, framed by the chat template training used.")
+    g.add_argument("target", help="a run folder, a merged model folder, or a .gguf file")
+    g.add_argument("--prompt", action="append", required=True, help="a user message (again for more)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return p
 
 
@@ -239,6 +259,28 @@ def main(argv: list[str] | None = None) -> int:
             from fedlora.deploy.report import report
 
             return report(Path(args.run_dir))
+        if args.command == "export":
+            from pathlib import Path
+
+            from fedlora.deploy.export import ExportCheckFailed, export, print_report
+
+            try:
+                print_report(export(Path(args.run_dir), Path(args.merge), gguf=not args.no_gguf,
+                                    force=args.force))
+            except ExportCheckFailed as e:
+                print(f"fedlora export: check failed: {e}", file=sys.stderr)
+                return 1
+            return 0
+        if args.command == "generate":
+            from pathlib import Path
+
+            from fedlora.deploy.generate import generate_answers
+
+            if args.max_new_tokens < 1:
+                raise ConfigError("config error: --max-new-tokens: must be at least 1")
+            for answer in generate_answers(Path(args.target), args.prompt, args.max_new_tokens, args.device):
+                print(answer)
+            return 0
         if args.command == "client":
             cfg = load_config(ClientConfig, args.config, _overrides(args, CLIENT_FLAGS))
             from fedlora.client.app import run_client
@@ -271,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StorageError) as e:  # one line naming the field or the path
         print(f"fedlora {args.command}: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, PermissionError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, PermissionError) as e:
         print(f"fedlora {args.command}: error: {e}", file=sys.stderr)
         return 2
 
