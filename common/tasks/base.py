@@ -62,6 +62,9 @@ class Task(ABC):
     target_modules: ClassVar[tuple[str, ...]]
     modules_to_save: ClassVar[tuple[str, ...]]
     max_length: ClassVar[int]
+    # whether rows carry a class (``RunSpec.label_names``): methods that group data by class
+    # (CE-LoRA's statistics) need another grouping where they do not
+    has_classes: ClassVar[bool]
 
     def model_source(self, model: str) -> str:
         """Where ``model`` (a name from the config; ``default`` = the task's built-in base) is

@@ -236,6 +236,7 @@ class CausalLMTask(Task):
     target_modules: ClassVar[tuple[str, ...]] = ("q_proj", "v_proj")
     modules_to_save: ClassVar[tuple[str, ...]] = ()
     max_length: ClassVar[int] = 128
+    has_classes: ClassVar[bool] = False  # instructions and responses: no labels
 
     def model_source(self, model: str) -> str:
         return str(resolve_source(model))

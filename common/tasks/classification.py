@@ -37,6 +37,7 @@ class ClassificationTask(Task):
     target_modules: ClassVar[tuple[str, ...]] = ("query", "value")  # BERT's attention projections
     modules_to_save: ClassVar[tuple[str, ...]] = ("classifier",)  # the fresh head trains in full
     max_length: ClassVar[int] = 48
+    has_classes: ClassVar[bool] = True
 
     def load_base(self, model: str, num_labels: int, seed: int) -> nn.Module:
         from transformers import AutoModelForSequenceClassification

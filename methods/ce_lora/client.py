@@ -1,4 +1,4 @@
-"""CE-LoRA's client half: class statistics ride with every C it uploads."""
+"""CE-LoRA's client half: data statistics (per class, or one mean) ride with every C it uploads."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 class CELoRAClient(ClientHooks):
     def upload_extras(self, plan: pb.Plan, am: AdaptedModel) -> dict[str, torch.Tensor]:
         c = self.ctx
-        noise = StatsOptions.read(plan.options).stats_noise
+        opts = StatsOptions.read(plan.options)
         return class_stats(am, c.tokenizer, c.train_data, c.spec.num_labels, c.spec.max_length,
-                           c.device, noise)
+                           c.device, opts.stats_noise, c.task, opts.data_stats)

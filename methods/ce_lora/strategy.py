@@ -4,8 +4,9 @@ aggregation.
 Each client keeps its own A, B and classifier head (``keep_local``: they persist in its state
 folder across rounds and restarts) and sends only C (r x r per adapted layer) plus
 privacy-light data statistics: per-class mean [CLS] embeddings of the *base* model and class
-counts, optionally noised on the client. The coordinator scores every pair of clients by data
-similarity (count-weighted cosine of the class means) and parameter similarity (cosine of the
+counts, or on a task without classes one mean prompt embedding and the example count
+(``ce_lora.data_stats``), optionally noised on the client. The coordinator scores every pair of
+clients by data similarity (count-weighted cosine of the class means) and parameter similarity (cosine of the
 flattened Cs), ``sim = lam * s_data + (1 - lam) * s_param``, turns each row into weights
 ``w_k = softmax(sim_k / tau)`` and sends client k its own ``C_k = sum_j w_kj C_j``.
 
@@ -25,8 +26,9 @@ import torch
 from fedlora.common.config import ServerConfig
 from fedlora.common.model import adapter_spec_from_config
 from fedlora.methods.ce_lora import tuner
-from fedlora.methods.ce_lora.config import StatsOptions
-from fedlora.methods.ce_lora.stats import STATS_COUNT, STATS_MEAN
+from fedlora.common.tasks import get_task
+from fedlora.methods.ce_lora.config import StatsOptions, resolve_data_stats
+from fedlora.methods.ce_lora.stats import STATS_COUNT, STATS_MEAN, stats_groups
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.common.wire.protocol import REPORT_TEST_ACCURACY
 from fedlora.server.strategy import ClientInfo, Instruction, Strategy, split_prefixed
@@ -102,7 +104,8 @@ class CELoRA(Strategy):
         self._round: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, float]] = {}
         self.last_weights: dict[str, dict[str, float]] = {}
         hidden = model.model.config.hidden_size
-        labels = model.model.config.num_labels
+        self._data_stats = resolve_data_stats(cfg.ce_lora, get_task(cfg.task).has_classes)
+        labels = stats_groups(self._data_stats, model.model.config.num_labels)
         self._stats_shapes = {STATS_MEAN: ((labels, hidden), torch.float32),
                               STATS_COUNT: ((labels,), torch.float32)}
 
@@ -119,7 +122,8 @@ class CELoRA(Strategy):
             plan.keep_local.extend([r"\.lora_A\.", r"\.lora_B\.", r"\.classifier\."])
             plan.upload.append(C_NAME)
             plan.report.append(REPORT_TEST_ACCURACY)
-            StatsOptions(stats_noise=self.cfg.ce_lora.stats_noise).write(plan.options)
+            StatsOptions(stats_noise=self.cfg.ce_lora.stats_noise,
+                         data_stats=self._data_stats).write(plan.options)
             out[c.id] = Instruction(plan, self.personal.get(c.id, self._initial_c), expected)
         self._round = {}
         return out

@@ -54,3 +54,44 @@ def test_class_stats_noise_is_secret_not_the_round_seeds(tiny_model):
     present = clean.abs().sum(dim=1) > 0
     noise = (a - clean)[present]
     assert 0.4 < float(noise.std()) < 0.6
+
+
+def test_without_classes_the_statistics_are_one_mean_prompt_embedding(tiny_llama):
+    """On a causal LM (no classes) the statistics are one group: the base model's last hidden
+    state averaged over each example's attended prompt tokens (not its response, not padding),
+    then over the examples; the count is the number of examples."""
+    from fedlora.common.config import ServerConfig
+    from fedlora.common.model import AdaptedModel
+    from fedlora.common.tasks import get_task
+    from fedlora.methods import get
+    from fedlora.methods.ce_lora.stats import STATS_COUNT, STATS_MEAN, class_stats
+    from fedlora.common.tasks.causal_lm import encode
+
+    task = get_task("causal-lm")
+    cfg = ServerConfig(task="causal-lm", model=str(tiny_llama), strategy="ce-lora", insecure=True,
+                       clients=2, adapter={"rank": 4, "alpha": 8})
+    base = task.load_base(str(tiny_llama), 0, 0)
+    am = AdaptedModel(task.load_base(str(tiny_llama), 0, 0),
+                      get("ce-lora").strategy.adapter_spec(cfg), task.peft_task_type)
+    tok = task.load_tokenizer(str(tiny_llama))
+    data = task.builtin_split("trec", 2, 0.5, 0.1, 0).shard(0).subset(list(range(5)))
+    got = class_stats(am, tok, data, 0, 256, torch.device("cpu"), 0.0, task, "mean")
+    expected = []
+    with torch.no_grad():
+        for j in range(5):
+            ids, start = encode(tok, data.prompts[j], data.responses[j], 256)
+            hidden = base.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            expected.append(hidden[:start].double().mean(0))
+    assert got[STATS_MEAN].shape == (1, base.config.hidden_size) and got[STATS_COUNT].tolist() == [5.0]
+    torch.testing.assert_close(got[STATS_MEAN][0].double(), torch.stack(expected).mean(0),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_data_stats_by_class_on_a_task_without_classes_is_a_config_error(tiny_llama):
+    from pydantic import ValidationError
+
+    from fedlora.common.config import ServerConfig
+
+    with pytest.raises(ValidationError, match="ce_lora.data_stats"):
+        ServerConfig(task="causal-lm", model=str(tiny_llama), strategy="ce-lora", insecure=True,
+                     clients=2, ce_lora={"data_stats": "classes"})
