@@ -123,3 +123,24 @@ def alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+CAUSAL_CLIENTS = ["client-0", "client-1"]
+
+
+def run_causal(tmp_path_factory, tiny_llama, strategy: str, extra: dict | None = None,
+               rounds: int = 1):
+    """A finished causal-LM run: coordinator + 2 client processes, the tiny Llama, small
+    bounded evaluation; returns the run folder and its round records (round 0 excluded)."""
+    run_dir = tmp_path_factory.mktemp(strategy) / "run"
+    server, address = start_server(run_dir, {
+        "task": "causal-lm", "model": str(tiny_llama), "strategy": strategy, "rounds": rounds,
+        "min_clients": 2, "clients": len(CAUSAL_CLIENTS), "seed": 3, "generate_examples": 8,
+        "eval_examples": 64, "adapter": {"rank": 4, "alpha": 8},
+        "training": {"max_steps": 2, "batch_size": 8, "learning_rate": 0.01}, **(extra or {})})
+    clients = [start_client(run_dir, address, c) for c in CAUSAL_CLIENTS]
+    codes = finish([server, *clients], timeout=400)
+    assert codes == [0, 0, 0], tail(run_dir / "logs" / "coordinator.log")
+    rounds_ = [r for r in records(run_dir, "round") if r["round"] > 0]
+    assert len(rounds_) == rounds and rounds_[-1]["accepted"] == 2
+    return run_dir, rounds_

@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fedlora.deploy.export import GGUF_RELATIVE_TOLERANCE
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_causal_lm import run_causal  # noqa: E402
+from procs import run_causal
 
 PROMPT = "What kind of answer does this question ask for? Question: Who was Galileo?"
 
