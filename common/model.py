@@ -197,6 +197,13 @@ class AdaptedModel:
         """Detached copies of the shippable tensors, on CPU."""
         return {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
 
+    def live_state(self) -> dict[str, torch.Tensor]:
+        """The shippable tensors themselves where they are on CPU (detached, not copied): what
+        a round downloads and deltas are applied to while nothing changes the model, without
+        a second copy of a full model. They change when the model is next loaded."""
+        return {n: p.detach() if p.device.type == "cpu" else p.detach().cpu()
+                for n, p in self._params.items()}
+
     def shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {n: (tuple(p.shape), p.dtype) for n, p in self._params.items()}
 

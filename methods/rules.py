@@ -2,7 +2,8 @@
 adapters whose ranks differ between clients (or between layers).
 
 Every rule is streaming: each accepted update is folded in as it arrives and dropped, so the
-coordinator holds O(adapter) memory however many clients report (``WeightedSum`` in float64).
+coordinator holds O(adapter) memory however many clients report (``WeightedSum``: a running
+mean, in float64 unless asked for the tensors' own dtype).
 
 A client k's layer computes ``W0 x + s_k B_k A_k x`` with ``s_k = alpha / r_k`` (peft's
 scaling). Public HetLoRA code pads and averages the raw factors although each client scales
@@ -22,6 +23,7 @@ Layers are addressed by their module path (``bert.encoder.layer.0.attention.self
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,32 +114,49 @@ class ProductSum:
 
 
 class WeightedSum:
-    """``sum_k w_k T_k`` and ``sum_k w_k`` per tensor name, accumulated in float64."""
+    """The weighted mean ``sum_k w_k T_k / sum_k w_k`` per tensor name, kept as a running mean
+    (``m += w_k / W_k (T_k - m)``, ``W_k`` the weight so far) in ``dtype``.
 
-    def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
+    float64 (the default) for adapters: small, and as exact as a float64 sum. ``dtype=None``
+    keeps each floating tensor's own dtype: for a full model that is one model's worth of
+    memory, not two. In float32 a running mean rounds each fold to half an ulp of the mean
+    plus the rounding of ``w_k / W_k (T_k - m)``, which scales with how far the clients differ
+    (their updates), not with the weights' magnitude as a float32 *sum* would; identical
+    updates average to themselves exactly. Integer tensors are averaged in float64.
+    Updates may be any mapping, read one tensor at a time (a lazily decoded upload)."""
+
+    def __init__(self, dtype: torch.dtype | None = torch.float64) -> None:
+        self.dtype = dtype
+        self._means: dict[str, torch.Tensor] = {}
         self._weights: dict[str, float] = {}
         self._dtypes: dict[str, torch.dtype] = {}
         self.count = 0
 
-    def add(self, tensors: dict[str, torch.Tensor], weight: float) -> None:
+    def _acc_dtype(self, t: torch.Tensor) -> torch.dtype:
+        if not t.is_floating_point():
+            return torch.float64
+        return t.dtype if self.dtype is None else self.dtype
+
+    def add(self, tensors: Mapping[str, torch.Tensor], weight: float) -> None:
         if not weight > 0:
             raise ValueError(f"aggregation weight must be positive, got {weight}")
-        for name, t in tensors.items():
-            acc = self._sums.get(name)
-            contrib = t.detach().to(torch.float64) * weight
+        for name in tensors:
+            t = tensors[name].detach()
+            acc = self._means.get(name)
             if acc is None:
-                self._sums[name] = contrib
+                self._means[name] = t.to(self._acc_dtype(t), copy=True)
                 self._weights[name] = weight
                 self._dtypes[name] = t.dtype
             else:
-                acc.add_(contrib)
                 self._weights[name] += weight
+                acc.lerp_(t.to(acc.dtype), weight / self._weights[name])
+            del t
         self.count += 1
 
     def __len__(self) -> int:
         return self.count
 
     def mean(self) -> dict[str, torch.Tensor]:
-        """The weighted mean per name, over the updates that carried that name."""
-        return {n: (s / self._weights[n]).to(self._dtypes[n]) for n, s in self._sums.items()}
+        """The weighted mean per name, over the updates that carried that name (the running
+        means themselves where they are kept in the tensors' dtype: no copy)."""
+        return {n: m.to(self._dtypes[n]) for n, m in self._means.items()}

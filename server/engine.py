@@ -24,13 +24,12 @@ from fedlora.common.evaluate import Score
 from fedlora.common.wire.blob import Blob
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import LONG_POLL_MAX_S
-from fedlora.common.wire.stats import tensor_bytes
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server import records
 from fedlora.server.admission import (EXAMPLES_RECORD, ExampleCounts, check_decline, check_numbers,
                                       check_profile)
 from fedlora.server.liveness import SWEEP_S, AwakeClock
-from fedlora.server.rounds import Round, plan_round, require_open
+from fedlora.server.rounds import Round, plan_round, planned_bytes, require_open
 from fedlora.server.runlog import RunLog
 from fedlora.server.sessions import ClientState, Sessions
 from fedlora.server.strategy import ClientInfo, Strategy
@@ -111,8 +110,10 @@ class Engine:
     def submit(self, cid: str, rnd: int, data: bytes | memoryview) -> None:
         """Decodes, checks and folds one complete, verified blob; INVALID_ARGUMENT is final.
         At most one update per client and round is folded, whatever streams delivered blobs
-        (a second one is refused ALREADY_EXISTS). Decoding runs outside the lock, at most
-        ``DECODE_SLOTS`` blobs at once, each bounded by the plan (:func:`read_blob`)."""
+        (a second one is refused ALREADY_EXISTS). Checking (every tensor decoded once, one at
+        a time) runs outside the lock, at most ``DECODE_SLOTS`` blobs at once, each bounded by
+        the plan (:func:`read_blob`); the fold decodes each tensor again as the strategy reads
+        it, so a full model's update is never held decoded whole."""
         try:
             with self.cond:
                 r0 = self.current  # the round (attempt) this blob is checked and folded for
@@ -143,7 +144,7 @@ class Engine:
                               f"({r.refused.get(cid) or r.lost.get(cid)})")
             self.strategy.fold(rnd, self.sessions.info(cid), update.tensors, update.weight)
             r.accepted[cid] = update.weight
-            self.transfers.accepted(cid, rnd, len(data), tensor_bytes(update.tensors),
+            self.transfers.accepted(cid, rnd, len(data), planned_bytes(inst.expected),
                                     update.stage_bytes)
             log.info("round %d: update from %s accepted (%d bytes, weight %g)", rnd, cid,
                      len(data), update.weight)
@@ -280,6 +281,7 @@ class Engine:
                 self.cond.wait(min(max(0.0, r.deadline - time.time()), SWEEP_S))
                 self._give_up_silent(r)
             r.open = False
+            r.blobs = {}  # no download starts once closed; the ones under way hold their blob
             accepted = len(r.accepted)
             if self.done:  # stopped from outside (signal): nothing is aggregated
                 self.strategy.discard(rnd)

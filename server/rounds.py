@@ -19,7 +19,7 @@ from fedlora.common.wire.blob import Blob, pack
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import HEADER_SLACK
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.server.strategy import ClientInfo, Instruction, Strategy
+from fedlora.server.strategy import ClientInfo, Instruction, Strategy, TensorSpec
 
 
 @dataclass
@@ -62,14 +62,17 @@ def plan_round(strategy: Strategy, cfg: ServerConfig, down_chain: Chain, rnd: in
                                               "version": f"round-{rnd}"}, down_chain)
         blob = packed[key]
         blobs[cid] = blob
-        raw = sum(math.prod(s) * torch.empty((), dtype=d).element_size()
-                  for s, d in inst.expected.values())
-        inst.plan.max_upload_bytes = int(raw * cfg.max_upload_factor) + HEADER_SLACK
+        inst.plan.max_upload_bytes = int(planned_bytes(inst.expected) * cfg.max_upload_factor) + HEADER_SLACK
         inst.plan.deadline_unix = deadline
         inst.plan.global_state.CopyFrom(pb.BlobRef(
             version=f"round-{rnd}", digest=blob.digest, size=blob.size,
             codec=pb.Codec(stages=list(blob.codec))))
     return Round(rnd, attempt, instructions, blobs, deadline, time.time())
+
+
+def planned_bytes(expected: dict[str, TensorSpec]) -> int:
+    """Raw bytes of the tensors a plan expects (what ``tensor_bytes`` of the update is)."""
+    return sum(math.prod(s) * torch.empty((), dtype=d).element_size() for s, d in expected.values())
 
 
 def require_open(current: Round | None, rnd: int, cid: str) -> Round:

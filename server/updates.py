@@ -7,6 +7,7 @@ records them), the others leave the client free to try again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,19 +15,20 @@ import torch
 
 from fedlora.common.errors import Refused, Status
 from fedlora.common.model import REPORT_PREFIX
-from fedlora.common.wire.blob import BlobError, unpack
+from fedlora.common.wire.blob import BlobError, unpack_lazy
 from fedlora.common.wire.codec import Expectation
 from fedlora.server.rounds import Round
 from fedlora.server.strategy import Instruction
-from fedlora.server.validate import validate_update
+from fedlora.server.validate import validate_names, validate_tensor
 
 
 @dataclass(frozen=True)
 class Update:
-    """A checked update: the weights to fold (deltas already applied), the client's n_k, and
-    the per-stage sizes its codec reported."""
+    """A checked update: the weights to fold (deltas applied), the client's n_k, and the
+    per-stage sizes its codec reported. ``tensors`` decodes (and applies the delta to) each
+    tensor when it is read, so folding a full model holds one decoded tensor at a time."""
 
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]
     weight: float
     stage_bytes: list[int]
 
@@ -57,18 +59,43 @@ def check_declared(r: Round, cid: str, total: int, digest: str) -> None:
 DECODE_SLOTS = 2
 
 
-def read_blob(data: bytes | memoryview, inst: Instruction) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and header of a verified blob, decoded within the client's plan: its chain must
-    be the plan's upload codec and every size it declares within the expected tensors', checked
-    before anything is decoded. An undecodable or out-of-plan blob is a final refusal naming
-    the tensor and what was wrong."""
+def read_blob(data: bytes | memoryview, inst: Instruction) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (decoded one at a time, when read) and header of a verified blob, within the
+    client's plan: its chain must be the plan's upload codec and every size it declares within
+    the expected tensors', checked before anything is decoded. An undecodable or out-of-plan
+    blob is a final refusal naming the tensor and what was wrong, whenever it is found."""
     try:
-        return unpack(data, Expectation.of(inst.plan.upload_codec.stages, inst.expected))
+        tensors, header = unpack_lazy(data, Expectation.of(inst.plan.upload_codec.stages, inst.expected))
+        return Refusing(tensors), header
     except BlobError as e:
         raise Refused(Status.INVALID_ARGUMENT, f"undecodable update: {e}") from None
     except Exception as e:  # any bytes a peer sends: whatever else decoding raises is its fault too
         raise Refused(Status.INVALID_ARGUMENT,
                       f"undecodable update: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+class Refusing(Mapping[str, torch.Tensor]):
+    """A lazily decoded upload whose decoding errors are final refusals, as :func:`read_blob`'s."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        self._tensors = tensors
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise
+        except BlobError as e:
+            raise Refused(Status.INVALID_ARGUMENT, f"undecodable update: {e}") from None
+        except Exception as e:
+            raise Refused(Status.INVALID_ARGUMENT,
+                          f"undecodable update: {type(e).__name__}: {str(e)[:200]}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 def check_update(tensors: dict[str, torch.Tensor], meta: dict[str, Any], inst: Instruction,
@@ -92,25 +119,58 @@ def check_update(tensors: dict[str, torch.Tensor], meta: dict[str, Any], inst: I
         raise Refused(Status.INVALID_ARGUMENT,
                       f"blob is a {meta.get('upload_kind')!r} upload, the plan asks for "
                       f"{inst.plan.upload_kind!r}")
-    validate_update(tensors, inst.expected)
-    if inst.plan.upload_kind == "delta":
-        tensors = apply_delta(inst.tensors, tensors)
+    validate_names(tensors, inst.expected)
+    delta = inst.plan.upload_kind == "delta"
+    for name in tensors:  # one decoded tensor at a time; the fold decodes again
+        t = tensors[name]
+        validate_tensor(name, t, inst.expected[name])
+        if delta and name in inst.tensors:
+            _add_delta(name, inst.tensors[name], t)
+    if delta:
+        missing = sorted(n for n in tensors if n not in inst.tensors and not n.startswith(REPORT_PREFIX))
+        if missing:
+            raise Refused(Status.INVALID_ARGUMENT,
+                          f"delta for {missing[0]!r}, which the round's global state does not hold")
+        tensors = Applied(inst.tensors, tensors)
     return Update(tensors, float(vouched), [int(b) for b in meta.get("stage_bytes", [])])
 
 
+class Applied(Mapping[str, torch.Tensor]):
+    """Weights from a delta upload, a tensor at a time: the round's global tensor plus the
+    client's difference. Reports (``fedlora.*``) ride along as they are."""
+
+    def __init__(self, base: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]):
+        self._base, self._delta = base, delta
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        d = self._delta[name]
+        return _add_delta(name, self._base[name], d) if name in self._base else d
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._delta)
+
+    def __len__(self) -> int:
+        return len(self._delta)
+
+
+def _add_delta(name: str, base: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``base + d`` in ``base``'s dtype; refused where it overflows. Same-dtype floating point
+    adds are correctly rounded, so they are done as they are (no float64 copy of a large
+    tensor); mixed dtypes go through float64."""
+    if base.dtype == d.dtype and base.is_floating_point():
+        out = base + d
+    else:
+        out = (base.to(torch.float64) + d.to(torch.float64)).to(base.dtype)
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        raise Refused(Status.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")
+    return out
+
+
 def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights from a delta upload: the round's global tensors plus the client's difference.
-    Reports (``fedlora.*``) ride along as they are."""
+    """Weights from a delta upload, all at once (:class:`Applied` reads them one at a time)."""
     missing = sorted(n for n in set(delta) - set(base) if not n.startswith(REPORT_PREFIX))
     if missing:
         raise Refused(Status.INVALID_ARGUMENT,
                       f"delta for {missing[0]!r}, which the round's global state does not hold")
-    out = {}
-    for name, d in delta.items():
-        if name not in base:
-            out[name] = d
-            continue
-        out[name] = (base[name].to(torch.float64) + d.to(torch.float64)).to(base[name].dtype)
-        if not bool(torch.isfinite(out[name]).all()):
-            raise Refused(Status.INVALID_ARGUMENT, f"tensor {name!r}: delta overflows")
-    return out
+    applied = Applied(base, delta)
+    return {name: applied[name] for name in applied}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedlora.common.wire.chunks import sha256
-from fedlora.common.wire.codec import Chain, CodecError, Expectation, check_wire, inflate
+from fedlora.common.wire.codec import Chain, CodecError, Expectation, check_wire, decode_one, inflate
 from fedlora.common.wire.stats import tensor_bytes
 
 HEADER_KEY = "fedlora"
@@ -173,7 +174,42 @@ def _read(view: memoryview, entry: tuple[torch.dtype, tuple[int, ...], int, int]
     return t.to(torch.bool) if dtype == torch.bool else t
 
 
-def _unpack_checked(view: memoryview, expect: Expectation) -> dict[str, torch.Tensor]:
+class Decoded(Mapping[str, torch.Tensor]):
+    """A checked blob's tensors by original name, each decoded when it is asked for and not
+    kept: iterating a full model's upload holds one decoded tensor at a time, not the model.
+    Everything the blob declares was checked against the plan when this was built; a tensor
+    that still fails to decode raises :class:`BlobError` naming it. Each access decodes anew
+    (the buffer, e.g. an mmap of a spooled upload, stays referenced while this lives)."""
+
+    def __init__(self, view: memoryview, entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]],
+                 desc: dict[str, Any], stages: list):
+        self._view, self._entries, self._desc, self._stages = view, entries, desc, stages
+        self._index = {n: i for i, n in enumerate(desc["names"])}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        i = self._index[name]
+        try:
+            return decode_one(self._stages, self._desc, i, lambda w: _read(self._view, self._entries[w]))
+        except CodecError as e:
+            raise BlobError(str(e)) from None
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise BlobError(f"cannot decode tensor {name!r}: {e}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._desc["names"])
+
+    def __len__(self) -> int:
+        return len(self._desc["names"])
+
+
+def unpack_lazy(data: bytes | bytearray | memoryview, expect: Expectation) -> tuple[Decoded, dict[str, Any]]:
+    """:func:`unpack` for a receiver that checks against ``expect`` and wants the tensors one at
+    a time (:class:`Decoded`): the same checks, all before anything is decoded."""
+    header = read_header(data, expect.header_bytes())
+    return _checked(memoryview(data), expect), header
+
+
+def _checked(view: memoryview, expect: Expectation) -> Decoded:
     entries = _entries(view)
     codec = entries.pop(CODEC_TENSOR, None)
     if codec is None or codec[0] != torch.uint8 or len(codec[1]) != 1:
@@ -186,9 +222,13 @@ def _unpack_checked(view: memoryview, expect: Expectation) -> dict[str, torch.Te
             raise CodecError(f"codec description is not JSON: {e}") from None
         bounds = Chain.bounds(desc, expect)
         check_wire(bounds, {w: (e[0], e[1]) for w, e in entries.items()}, desc["names"])
-        wire = {w: _read(view, e) for w, e in entries.items()}
-        return Chain.decode(wire, meta.decode(), expect)
     except CodecError as e:
         raise BlobError(str(e)) from None
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
         raise BlobError(f"cannot decode codec chain: {e}") from None
+    return Decoded(view, entries, desc, Chain.parse(expect.chain).stages)
+
+
+def _unpack_checked(view: memoryview, expect: Expectation) -> dict[str, torch.Tensor]:
+    lazy = _checked(view, expect)
+    return {name: lazy[name] for name in lazy}

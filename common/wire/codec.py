@@ -16,6 +16,7 @@ import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -581,6 +582,29 @@ class Chain:
                     raise CodecError(f"tensor {wire_label(names, wire_name)!r}: {stage.name}: {e}") from None
             current = prev
         return {names[int(w)]: t for w, t in current.items()}
+
+
+def decode_one(stages: list[Stage], desc: dict[str, Any], index: int,
+               read: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    """Undoes the chain for the one tensor ``names[index]`` of a checked description, reading
+    only its own wire parts (``read(wire_name)``): what lets a receiver decode a large blob a
+    tensor at a time instead of holding all of it decoded."""
+    head = str(index)
+    current: dict[str, torch.Tensor] | None = None  # None: the wire itself
+    for stage, layer in zip(reversed(stages), reversed(desc["layers"])):
+        prev: dict[str, torch.Tensor] = {}
+        for wire_name, entry in layer.items():
+            if wire_name.partition(".")[0] != head:
+                continue
+            keys = entry.get("p", [""])
+            names = [wire_name if k == "" else f"{wire_name}.{k}" for k in keys]
+            parts = {k: (read(n) if current is None else current[n]) for k, n in zip(keys, names)}
+            try:
+                prev[wire_name] = stage.decode(parts, entry.get("i", {}))
+            except CodecError as e:
+                raise CodecError(f"tensor {wire_label(desc['names'], wire_name)!r}: {stage.name}: {e}") from None
+        current = prev
+    return read(head) if current is None else current[head]
 
 
 def wire_label(names: list[str], wire_name: str) -> str:

@@ -1,9 +1,14 @@
 """FedAvg over whatever the plan trains. As a method of its own (``fedavg``): full fine-tuning,
 no adapter, every parameter trained, sent both ways and averaged with weights n_k: the
-communication yardstick the LoRA methods are measured against."""
+communication yardstick the LoRA methods are measured against.
+
+Memory: a full model is large (the built-in causal LM is 540 MB in float32), so the round
+downloads the model's own tensors (not a copy) and averages into one running mean in their
+own dtype (:class:`WeightedSum` with ``dtype=None``), which is loaded into the model as it is."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -26,19 +31,19 @@ class FedAvg(Strategy):
         self._sum: WeightedSum | None = None
 
     def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
-        self._sum = WeightedSum()
-        return self.same_plan(rnd, clients, self.global_state(), self.model.shapes())
+        self._sum = WeightedSum(dtype=None)
+        return self.same_plan(rnd, clients, self.model.live_state(), self.model.shapes())
 
-    def fold(self, rnd: int, client: ClientInfo, update: dict[str, torch.Tensor],
+    def fold(self, rnd: int, client: ClientInfo, update: Mapping[str, torch.Tensor],
              weight: float) -> None:
         assert self._sum is not None, "fold before configure"
         self._sum.add(update, weight)
 
     def aggregate(self, rnd: int) -> dict[str, float]:
         assert self._sum is not None and len(self._sum) > 0, "aggregate with no updates"
-        self.model.load_state(self._sum.mean())
         n = len(self._sum)
-        self._sum = None
+        mean, self._sum = self._sum.mean(), None
+        self.model.load_state(mean)
         return {"aggregated": float(n)}
 
     def discard(self, rnd: int) -> None:

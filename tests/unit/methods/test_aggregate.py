@@ -24,10 +24,35 @@ def test_weighted_sum_keeps_one_running_sum_per_tensor():
     acc = WeightedSum()
     for i in range(100):
         acc.add({"x": torch.full((8,), float(i))}, 1.0)
-    assert len(acc._sums) == 1 and len(acc) == 100
+    assert len(acc._means) == 1 and len(acc) == 100
     assert acc.mean()["x"][0].item() == pytest.approx(49.5)
 
 
 def test_non_positive_weight_is_refused():
     with pytest.raises(ValueError, match="positive"):
         WeightedSum().add({"x": torch.ones(1)}, 0.0)
+
+
+def test_running_mean_in_the_tensors_own_dtype_stays_float32_and_close_to_float64():
+    """``dtype=None`` (full FedAvg): one float32 running mean, within a few ulps of the float64
+    weighted mean of the same updates."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(64, 64, generator=g) * 3
+    updates = [base + 1e-3 * torch.randn(64, 64, generator=g) for _ in range(7)]
+    weights = [5.0, 1.0, 20.0, 3.0, 3.0, 100.0, 2.0]
+    acc = WeightedSum(dtype=None)
+    for u, w in zip(updates, weights):
+        acc.add({"w": u}, w)
+    mean = acc.mean()["w"]
+    direct = sum(w * u.double() for u, w in zip(updates, weights)) / sum(weights)
+    assert mean.dtype == torch.float32 and acc._means["w"].dtype == torch.float32
+    ulp = torch.finfo(torch.float32).eps * direct.abs().max().item()
+    assert (mean.double() - direct).abs().max().item() <= 4 * ulp
+
+
+def test_identical_updates_average_to_themselves_exactly_in_float32():
+    t = torch.randn(100, generator=torch.Generator().manual_seed(2))
+    acc = WeightedSum(dtype=None)
+    for w in (3.0, 1.0, 7.0):
+        acc.add({"t": t}, w)
+    assert torch.equal(acc.mean()["t"], t)

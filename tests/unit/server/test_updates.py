@@ -130,7 +130,21 @@ def test_whatever_decoding_a_peers_bytes_raises_is_a_final_refusal(monkeypatch):
     def crash(data, expect):
         raise MemoryError("a decoder's own failure")
 
-    monkeypatch.setattr(updates, "unpack", crash)
+    monkeypatch.setattr(updates, "unpack_lazy", crash)
     with pytest.raises(Refused) as e:
         read_blob(b"anything", a_round().instructions["c"])
     assert e.value.code == Status.INVALID_ARGUMENT and "MemoryError" in e.value.message
+
+
+def test_an_upload_is_read_a_tensor_at_a_time_and_gives_the_packed_values():
+    """What the engine folds is a mapping that decodes each tensor when read (a full model's
+    upload is never held decoded whole), with the values that were packed."""
+    from collections.abc import Mapping
+
+    inst = a_round("weights").instructions["c"]
+    w = torch.arange(4.0).reshape(2, 2)
+    data = pack({"w": w}, {"round": 3, "client": "c", "num_examples": 4}, Chain.parse([])).data
+    lazy, _ = read_blob(data, inst)
+    assert isinstance(lazy, Mapping) and not isinstance(lazy, dict)
+    assert list(lazy) == ["w"] and torch.equal(lazy["w"], w)
+    assert lazy["w"] is not lazy["w"]  # decoded anew on each read, nothing kept
