@@ -13,10 +13,11 @@ a Dirichlet(0.5) split, LoRA r=8 on q_proj/v_proj, batch 8). The parts:
   (each client's shard less its local hold-out, as the clients split it), with the same batch
   size, learning rate and total number of optimizer steps as the federated run (rounds x
   clients x local steps), scored by the task's ``evaluate`` with the run's EvalOptions on the
-  same test examples. It is trained in ``rounds`` segments of ``clients x local steps`` each,
-  scored after each; ``train_local`` starts a fresh AdamW per segment, as a client does per
-  round. Its step 0 score re-measures the zero-shot one in-process (a check that both read
-  the same examples the same way).
+  same test examples: one ``train_local`` call (one AdamW) scored at its end. With
+  ``--segments``, it is trained in ``rounds`` segments of ``clients x local steps`` each (a
+  fresh AdamW per segment, as a client has per round), scored at step 0 (the zero-shot score
+  re-measured in-process: a check that both read the same examples the same way) and after
+  each segment; an evaluation costs about as much as 6 training steps.
 - ``dp``: FedAvg-LoRA and FFA-LoRA (A frozen at its seeded initialisation) with DP-SGD on the
   clients, target epsilon 3 over the run (delta 1e-5, clip 1.0), both at the demo's learning
   rate: FFA-LoRA's paper claims it is the better of the two under DP.
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "deploy" / "demo-causal.yaml"
 RESULT = ROOT / "bench" / "causal-result.json"
 PARTS = ("federated", "centralised", "dp")
+SAMPLE_ANSWERS = 6  # greedy answers shown before and after centralised training
 DP_EPSILON = 3.0
 DP_RUNS = {"fedavg-lora eps=3": ["--strategy", "fedavg-lora"],
            "ffa-lora eps=3": ["--strategy", "ffa-lora"]}
@@ -75,7 +77,7 @@ def federated(name: str, flags: list[str], out: Path) -> dict:
             "loadavg_before": load_before, "loadavg_after": loadavg()}
 
 
-def centralised() -> dict:
+def centralised(segments: bool) -> dict:
     """LoRA on the union of the clients' training rows, the federated run's steps in total."""
     import torch
 
@@ -84,7 +86,7 @@ def centralised() -> dict:
     from fedlora.common.data import split_local
     from fedlora.common.model import AdaptedModel, adapter_spec_from_config
     from fedlora.common.tasks import get_task
-    from fedlora.common.tasks.causal_lm import Conversations
+    from fedlora.common.tasks.causal_lm import Conversations, generate
     from fedlora.proto.v1 import fedlora_pb2 as pb
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -93,7 +95,7 @@ def centralised() -> dict:
     n_clients = len(cfg.client_entries())
     split = task.builtin_split(cfg.data.dataset, n_clients, cfg.data.dirichlet_alpha,
                                cfg.data.test_fraction, cfg.seed)
-    hold_out = ClientConfig().local_eval_fraction
+    hold_out = ClientConfig.model_fields["local_eval_fraction"].default
     parts = []
     for k in range(n_clients):  # what each client trains on: its shard less its hold-out
         shard = split.shard(k)
@@ -106,7 +108,8 @@ def centralised() -> dict:
     am = AdaptedModel(task.load_base(cfg.model, 0, cfg.seed), adapter_spec_from_config(cfg.adapter, cfg.seed),
                       task.peft_task_type)
     t = cfg.training
-    segment = n_clients * t.max_steps  # one federated round's optimizer steps, summed over clients
+    total = cfg.rounds * n_clients * t.max_steps  # the federated run's optimizer steps, all clients
+    segment = n_clients * t.max_steps if segments else total
     plan = pb.LocalTraining(epochs=t.epochs, max_steps=segment, batch_size=t.batch_size,
                             learning_rate=t.learning_rate, weight_decay=t.weight_decay,
                             optimizer=t.optimizer, max_grad_norm=t.max_grad_norm)
@@ -123,15 +126,24 @@ def centralised() -> dict:
                        "perplexity": s.extra.get("perplexity"), "train_loss": train_loss})
         print(f"centralised: {steps} steps, exact match {s.accuracy:.4f}, loss {s.loss:.4f}", flush=True)
 
-    score(0, None)
-    for r in range(1, cfg.rounds + 1):
+    def answers() -> list[dict]:  # what the model says to the first few test questions
+        said = generate(am.model, tokenizer, test.prompts[:SAMPLE_ANSWERS], opts.max_new_tokens, device)
+        return [{"question": p[-1]["content"].rsplit("Question: ", 1)[-1], "expected": r, "answer": a}
+                for p, r, a in zip(test.prompts, test.responses, said)]
+
+    base_answers = answers()
+    if segments:
+        score(0, None)
+    for r in range(1, total // segment + 1):
         m = train_local(am, union, tokenizer, plan, cfg.data.max_length, cfg.seed * 1000 + r, device,
                         task=task)
         train_s += m["train_seconds"]
         score(r * segment, m["train_loss"])
-    return {"config": "centralised", "train_rows": len(union), "steps": cfg.rounds * segment,
+    tuned_answers = answers()
+    return {"config": "centralised", "train_rows": len(union), "base_answers": base_answers,
+            "tuned_answers": tuned_answers, "steps": total, "segment_steps": segment,
             "batch_size": t.batch_size, "learning_rate": t.learning_rate, "points": points,
-            "train_seconds": round(train_s, 1), "seconds_per_step": round(train_s / (cfg.rounds * segment), 2),
+            "train_seconds": round(train_s, 1), "seconds_per_step": round(train_s / total, 2),
             "eval_seconds": round(eval_s, 1), "wall_seconds": round(time.time() - t0, 1),
             "threads": torch.get_num_threads(), "loadavg_before": load_before, "loadavg_after": loadavg()}
 
@@ -160,6 +172,11 @@ def report(res: dict) -> None:
         for p in cen["points"]:
             print(f"| {p['steps']} | {f4(p['exact_match'])} | {f4(p['loss'])} | {p['perplexity']:.2f} | "
                   f"{f4(p['train_loss'])} |")
+    if cen and cen.get("base_answers"):
+        print("\n| question | expected | base model says | centralised LoRA says |")
+        print("|---|---|---|---|")
+        for b, t in zip(cen["base_answers"], cen["tuned_answers"]):
+            print(f"| {b['question']} | {b['expected']} | {b['answer']!r} | {t['answer']!r} |")
     if fed and cen:
         zero, last, c = fed["rounds"][0], fed["rounds"][-1], cen["points"][-1]
         print("\n| model | exact match | loss | vs zero-shot (exact match) |")
@@ -184,10 +201,22 @@ def report(res: dict) -> None:
                   f"{r['loadavg_before']} -> {r['loadavg_after']} |")
 
 
+def save(part: str, value, out: Path) -> None:
+    """Writes ``part`` into the result file (re-read first: parts may run as separate
+    commands at once) and alone into ``out/<part>.json``."""
+    (out / f"{part}.json").write_text(json.dumps(value, indent=1))
+    res = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
+    res[part] = value
+    RESULT.write_text(json.dumps(res, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     ap.add_argument("--dp-rounds", type=int, default=0, help="rounds of the DP runs (0 = the demo's)")
+    ap.add_argument("--dp-only", help="comma-separated DP runs: " + ", ".join(DP_RUNS))
+    ap.add_argument("--segments", action="store_true",
+                    help="centralised: score after each round's worth of steps (and at step 0)")
     ap.add_argument("--out", default="runs/bench-causal")
     ap.add_argument("--report", action="store_true", help="print the saved result only")
     args = ap.parse_args()
@@ -200,18 +229,18 @@ def main() -> None:
             if p not in PARTS:
                 raise SystemExit(f"--parts: unknown part {p!r} (known: {', '.join(PARTS)})")
         if "federated" in parts:
-            res["federated"] = federated("fedavg-lora (demo)", [], out)
-            RESULT.write_text(json.dumps(res, indent=1))
+            save("federated", federated("fedavg-lora (demo)", [], out), out)
         if "centralised" in parts:
-            res["centralised"] = centralised()
-            RESULT.write_text(json.dumps(res, indent=1))
+            save("centralised", centralised(args.segments), out)
         if "dp" in parts:
             rounds = ["--rounds", str(args.dp_rounds)] if args.dp_rounds else []
-            res["dp"] = []
-            for name, flags in DP_RUNS.items():
-                res["dp"].append(federated(name, [*flags, *rounds, "--dp-epsilon", str(DP_EPSILON)], out))
+            for name in args.dp_only.split(",") if args.dp_only else DP_RUNS:
+                run = federated(name, [*DP_RUNS[name], *rounds, "--dp-epsilon", str(DP_EPSILON)], out)
                 print(f"done {name}", flush=True)
-                RESULT.write_text(json.dumps(res, indent=1))
+                done = json.loads(RESULT.read_text()).get("dp", []) if RESULT.is_file() else []
+                save("dp", sorted([r for r in done if r["config"] != name] + [run],
+                                  key=lambda r: list(DP_RUNS).index(r["config"])), out)
+        res = json.loads(RESULT.read_text())
     report(res)
 
 
