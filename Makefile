@@ -10,7 +10,7 @@ STAMP := $(VENV)/.fedlora-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-fast compose-test proto clean
+.PHONY: install demo demo-causal test test-unit test-fast compose-test proto clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/fedlora run --config deploy/demo.yaml --run-dir runs/demo
+
+# the causal-LM demo (SmolLM2-135M-Instruct, TREC as instructions; under 10 minutes on 2 cores)
+demo-causal: $(STAMP)
+	rm -rf runs/demo-causal
+	$(VENV)/bin/fedlora run --config deploy/demo-causal.yaml --run-dir runs/demo-causal
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
