@@ -114,42 +114,46 @@ class ProductSum:
 
 
 class WeightedSum:
-    """The weighted mean ``sum_k w_k T_k / sum_k w_k`` per tensor name, kept as a running mean
-    (``m += w_k / W_k (T_k - m)``, ``W_k`` the weight so far) in ``dtype``.
+    """The weighted mean ``sum_k w_k T_k / sum_k w_k`` per tensor name.
 
-    float64 (the default) for adapters: small, and as exact as a float64 sum. ``dtype=None``
-    keeps each floating tensor's own dtype: for a full model that is one model's worth of
-    memory, not two. In float32 a running mean rounds each fold to half an ulp of the mean
-    plus the rounding of ``w_k / W_k (T_k - m)``, which scales with how far the clients differ
-    (their updates), not with the weights' magnitude as a float32 *sum* would; identical
-    updates average to themselves exactly. Integer tensors are averaged in float64.
-    Updates may be any mapping, read one tensor at a time (a lazily decoded upload)."""
+    By default (adapters: small) a float64 sum divided at the end, as exact as it gets and,
+    cast back to the tensors' dtype, the same whatever order updates arrive in (a resumed run
+    reproduces a fault-free one bit for bit). ``running=True`` (a full model) keeps a running
+    mean ``m += w_k / W_k (T_k - m)`` in each floating tensor's own dtype instead: one model's
+    worth of memory, not two (float64) or more. In float32 it rounds each fold to half an ulp
+    of the mean plus the rounding of ``w_k / W_k (T_k - m)``, which scales with how far the
+    clients differ (their updates), not with the weights' magnitude as a float32 *sum* would;
+    identical updates average to themselves exactly; its last bits depend on the fold order.
+    Integer tensors are averaged in float64. Updates may be any mapping, read one tensor at a
+    time (a lazily decoded upload)."""
 
-    def __init__(self, dtype: torch.dtype | None = torch.float64) -> None:
-        self.dtype = dtype
-        self._means: dict[str, torch.Tensor] = {}
+    def __init__(self, running: bool = False) -> None:
+        self.running = running
+        self._acc: dict[str, torch.Tensor] = {}
         self._weights: dict[str, float] = {}
         self._dtypes: dict[str, torch.dtype] = {}
+        self._running: set[str] = set()  # names kept as running means
         self.count = 0
-
-    def _acc_dtype(self, t: torch.Tensor) -> torch.dtype:
-        if not t.is_floating_point():
-            return torch.float64
-        return t.dtype if self.dtype is None else self.dtype
 
     def add(self, tensors: Mapping[str, torch.Tensor], weight: float) -> None:
         if not weight > 0:
             raise ValueError(f"aggregation weight must be positive, got {weight}")
         for name in tensors:
             t = tensors[name].detach()
-            acc = self._means.get(name)
+            acc = self._acc.get(name)
+            running = self.running and t.is_floating_point()
             if acc is None:
-                self._means[name] = t.to(self._acc_dtype(t), copy=True)
+                self._acc[name] = t.clone() if running else t.to(torch.float64) * weight
+                if running:
+                    self._running.add(name)
                 self._weights[name] = weight
                 self._dtypes[name] = t.dtype
             else:
                 self._weights[name] += weight
-                acc.lerp_(t.to(acc.dtype), weight / self._weights[name])
+                if running:
+                    acc.lerp_(t.to(acc.dtype), weight / self._weights[name])
+                else:
+                    acc.add_(t.to(torch.float64) * weight)
             del t
         self.count += 1
 
@@ -157,6 +161,7 @@ class WeightedSum:
         return self.count
 
     def mean(self) -> dict[str, torch.Tensor]:
-        """The weighted mean per name, over the updates that carried that name (the running
-        means themselves where they are kept in the tensors' dtype: no copy)."""
-        return {n: m.to(self._dtypes[n]) for n, m in self._means.items()}
+        """The weighted mean per name, over the updates that carried that name (a running mean
+        is handed over as it is: no copy)."""
+        return {n: (a if n in self._running else a / self._weights[n]).to(self._dtypes[n])
+                for n, a in self._acc.items()}

@@ -3,8 +3,10 @@ no adapter, every parameter trained, sent both ways and averaged with weights n_
 communication yardstick the LoRA methods are measured against.
 
 Memory: a full model is large (the built-in causal LM is 540 MB in float32), so the round
-downloads the model's own tensors (not a copy) and averages into one running mean in their
-own dtype (:class:`WeightedSum` with ``dtype=None``), which is loaded into the model as it is."""
+downloads the model's own tensors (not a copy) and, for a full model, averages into one
+running mean in their own dtype (:class:`WeightedSum` ``running=True``), loaded into the model
+as it is. Adapters (FedAvg-LoRA, which inherits this) keep the exact, order-independent float64
+sum."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ class FedAvg(Strategy):
         self._sum: WeightedSum | None = None
 
     def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
-        self._sum = WeightedSum(dtype=None)
+        self._sum = WeightedSum(running=not self.model.is_peft)
         return self.same_plan(rnd, clients, self.model.live_state(), self.model.shapes())
 
     def fold(self, rnd: int, client: ClientInfo, update: Mapping[str, torch.Tensor],
