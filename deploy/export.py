@@ -83,13 +83,7 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 def _prepare(merged: nn.Module, tokenizer, run: FinishedRun) -> None:
     """What the saved config must say for the folder to stand alone."""
-    cfg = merged.config
-    if getattr(merged, "hf_quantizer", None) is not None:
-        # a GGUF base is dequantised to float on load (the task's loader trains it so): what
-        # remains of the quantizer is a flag that would refuse to save plain float weights
-        if not all(p.is_floating_point() for p in merged.parameters()):
-            raise ValueError("the base model is still quantized; export needs float weights")
-        merged.hf_quantizer = None
+    cfg = merged.config  # a GGUF base's quantizer and quantization_config: the task's loader drops them
     if getattr(cfg, "quantization_config", None) is not None:
         del cfg.quantization_config
     if run.task.peft_task_type == "CAUSAL_LM":

@@ -260,7 +260,13 @@ class CausalLMTask(Task):
         src = resolve_source(model)
         torch.manual_seed(seed)
         base = AutoModelForCausalLM.from_pretrained(str(src.folder), dtype=torch.float32, **src.kwargs())
-        # a GGUF base is dequantised to float32 on load: nothing quantised remains to declare
+        # a GGUF base is dequantised to float32 on load: nothing quantised remains, but the
+        # config still declares it and the leftover quantizer refuses save_pretrained (a full
+        # fine-tuning run's saved model)
+        if getattr(base, "hf_quantizer", None) is not None:
+            if any(not p.is_floating_point() for p in base.parameters()):
+                raise ValueError(f"model {src}: weights are still quantised after loading")
+            base.hf_quantizer = None
         if getattr(base.config, "quantization_config", None) is not None:
             del base.config.quantization_config
         base.config.use_cache = False  # training never reuses the cache; generate passes its own

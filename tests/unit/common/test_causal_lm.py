@@ -159,3 +159,18 @@ def test_evaluation_reports_perplexity_and_exact_match_on_a_bounded_sample(tok, 
 def test_exact_match_ignores_case_spacing_and_end_punctuation():
     assert normalise("  Location.\n") == normalise("location") == "location"
     assert normalise("new york") != normalise("york")
+
+
+def test_a_gguf_base_loads_as_plain_float_weights_that_save_pretrained_accepts(tmp_path, tiny_llama):
+    """A full fine-tuning run saves the whole model: a GGUF base must not stay 'quantized'."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fedlora.common.gguf_export import write_llama_gguf
+
+    gguf = write_llama_gguf(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
+                            AutoTokenizer.from_pretrained(str(tiny_llama)), tmp_path / "base" / "tiny.gguf")
+    model = TASK.load_base(str(gguf), 0, 0)
+    assert getattr(model, "hf_quantizer", None) is None
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(str(tmp_path / "saved"), safe_serialization=True)
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
