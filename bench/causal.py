@@ -152,12 +152,18 @@ def f4(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def field(d: dict, key: str, spec: str = "") -> str:
+    """A recorded figure, or '-' where that run's record lacks it (an interrupted or partial run)."""
+    v = d.get(key)
+    return "-" if v is None else format(v, spec)
+
+
 def report(res: dict) -> None:
     fed, cen = res.get("federated"), res.get("centralised")
     if fed:
-        print(f"\nfederated ({fed['config']}): wall {fed['wall_seconds_command']:.0f} s for the command, "
-              f"{fed['wall_seconds_run']:.0f} s in the coordinator; load {fed['loadavg_before']} -> "
-              f"{fed['loadavg_after']}")
+        print(f"\nfederated ({fed['config']}): wall {field(fed, 'wall_seconds_command', '.0f')} s for the "
+              f"command, {field(fed, 'wall_seconds_run', '.0f')} s in the coordinator; load "
+              f"{field(fed, 'loadavg_before')} -> {field(fed, 'loadavg_after')}")
         print("| round | exact match | loss | perplexity | MB up | MB down | seconds |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for r in fed["rounds"]:
@@ -165,8 +171,9 @@ def report(res: dict) -> None:
                   f"{r['mb_up']:.3f} | {r['mb_down']:.3f} | {r['seconds']:.1f} |")
     if cen:
         print(f"\ncentralised: {cen['train_rows']} rows, {cen['steps']} steps of batch {cen['batch_size']}, "
-              f"{cen['seconds_per_step']} s/step ({cen['threads']} threads), wall {cen['wall_seconds']:.0f} s; "
-              f"load {cen['loadavg_before']} -> {cen['loadavg_after']}")
+              f"{field(cen, 'seconds_per_step')} s/step ({field(cen, 'threads')} threads), wall "
+              f"{field(cen, 'wall_seconds', '.0f')} s; load {field(cen, 'loadavg_before')} -> "
+              f"{field(cen, 'loadavg_after')}")
         print("| steps | exact match | loss | perplexity | train loss |")
         print("|---:|---:|---:|---:|---:|")
         for p in cen["points"]:
