@@ -85,10 +85,16 @@ class Task(ABC):
         """A data file as rows; with ``label_names`` (the run's), rows outside them are refused."""
 
     @abstractmethod
+    def builtin_data(self, source: str) -> Rows | None:
+        """The built-in data set named ``source`` (rows with ``labels`` the split is skewed by),
+        or ``None`` when ``source`` names none."""
+
     def builtin_split(self, source: str, num_parts: int, alpha: float, test_fraction: float,
                       seed: int) -> FederatedSplit | None:
         """The seeded split of a built-in data set named ``source``, which every process derives
         alike so the coordinator ships no data; ``None`` when ``source`` names none."""
+        data = self.builtin_data(source)
+        return None if data is None else FederatedSplit.make(data, num_parts, alpha, test_fraction, seed)
 
     @abstractmethod
     def batches(self, data: Rows, tokenizer, batch_size: int, max_length: int,
@@ -106,3 +112,10 @@ class Task(ABC):
                  device: torch.device | str) -> Score:
         """The task's metric and mean loss on ``data``, leaving the model's train/eval mode as
         it found it."""
+
+
+def evaluated_rows(data: Rows, opts: EvalOptions) -> Rows:
+    """The rows an evaluation reads: the first ``opts.max_examples`` (all when 0)."""
+    if opts.max_examples and len(data) > opts.max_examples:
+        return data.subset(list(range(opts.max_examples)))
+    return data

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedlora.common.data import TREC, FederatedSplit, load_trec, read_rows
+from fedlora.common.data import TREC, load_trec, read_rows
 from fedlora.common.evaluate import EvalOptions, Score
 from fedlora.common.model import DEFAULT_MODEL, packaged_file, quiet_transformers
-from fedlora.common.tasks.base import Batch, Columns, Task
+from fedlora.common.tasks.base import Batch, Columns, Task, evaluated_rows
 
 IGNORE = -100  # label of a position outside the loss (prompt, padding): torch's ignore_index
 
@@ -268,11 +268,8 @@ class CausalLMTask(Task):
     def load_file(self, path: Path, columns: Columns, label_names: Sequence[str] = ()) -> Conversations:
         return load_conversations(path, columns)
 
-    def builtin_split(self, source: str, num_parts: int, alpha: float, test_fraction: float,
-                      seed: int) -> FederatedSplit | None:
-        if source != TREC:
-            return None
-        return FederatedSplit.make(trec_instructions(), num_parts, alpha, test_fraction, seed)
+    def builtin_data(self, source: str) -> Conversations | None:
+        return trec_instructions() if source == TREC else None
 
     def batches(self, data: Conversations, tokenizer, batch_size: int, max_length: int,
                 order: list[int] | None = None) -> Iterator[Batch]:
@@ -292,8 +289,7 @@ class CausalLMTask(Task):
         """Loss and perplexity per response token over all of ``data``; exact match of the
         greedy answer on its first ``opts.generate_examples`` rows (a fixed, bounded sample, so
         rounds are compared on the same questions)."""
-        if opts.max_examples and len(data) > opts.max_examples:
-            data = data.subset(list(range(opts.max_examples)))
+        data = evaluated_rows(data, opts)
         if len(data) == 0:
             return Score(float("nan"), float("nan"), 0)
         was_training = model.training

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedlora.common.data import TREC, Dataset, FederatedSplit, load_file, load_trec
+from fedlora.common.data import TREC, Dataset, load_file, load_trec
 from fedlora.common.evaluate import EvalOptions, Score
 from fedlora.common.model import quiet_transformers, resolve_model_path
-from fedlora.common.tasks.base import Batch, Columns, Task
+from fedlora.common.tasks.base import Batch, Columns, Task, evaluated_rows
 
 
 def batches(data: Dataset, tokenizer, batch_size: int, max_length: int,
@@ -51,11 +51,8 @@ class ClassificationTask(Task):
     def load_file(self, path: Path, columns: Columns, label_names: Sequence[str] = ()) -> Dataset:
         return load_file(path, columns.text_column, columns.label_column, list(label_names) or None)
 
-    def builtin_split(self, source: str, num_parts: int, alpha: float, test_fraction: float,
-                      seed: int) -> FederatedSplit | None:
-        if source != TREC:
-            return None
-        return FederatedSplit.make(load_trec(), num_parts, alpha, test_fraction, seed)
+    def builtin_data(self, source: str) -> Dataset | None:
+        return load_trec() if source == TREC else None
 
     def batches(self, data: Dataset, tokenizer, batch_size: int, max_length: int,
                 order: list[int] | None = None) -> Iterator[Batch]:
@@ -69,8 +66,7 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, tokenizer, data: Dataset, opts: EvalOptions,
                  device: torch.device | str) -> Score:
-        if opts.max_examples and len(data) > opts.max_examples:
-            data = data.subset(list(range(opts.max_examples)))
+        data = evaluated_rows(data, opts)
         if len(data) == 0:
             return Score(float("nan"), float("nan"), 0)
         was_training = model.training
