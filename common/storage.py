@@ -16,8 +16,9 @@ import errno
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 # Free space a folder must have for a command to start, and the reserve a run folder keeps
 # for its summary and the log's last lines: both fit in far less.
@@ -95,9 +96,11 @@ def prepare_dir(path: Path, what: str) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes | str) -> Path:
+def write_atomic(path: Path, data: bytes | str | Callable[[BinaryIO], object]) -> Path:
     """Writes ``path`` whole or not at all: a temporary file in the same folder, synced, then
-    renamed over it; on failure ``path`` is as it was and no temporary file is left."""
+    renamed over it; on failure ``path`` is as it was and no temporary file is left. ``data``
+    may be a function that writes the content into the open file, for content too large to
+    build in memory first."""
     try:
         _replace(path, data.encode("utf-8") if isinstance(data, str) else data)
     except OSError as e:
@@ -105,14 +108,17 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
     return path
 
 
-def _replace(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
     """Temp file beside ``path``, fsynced, renamed over it, then the folder fsynced: after a
     crash of the process or the machine, ``path`` holds its old content or ``data``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -268,7 +268,7 @@ class Engine:
 
     def _play_round(self, rnd: int, attempt: int) -> bool:
         r = plan_round(self.strategy, self.cfg, self.down_chain, rnd, attempt,
-                       self._sample(rnd, attempt))
+                       self._sample(rnd, attempt), self.transfers.spool_dir)
         with self.cond:
             self.transfers.open(rnd)
             self.current = r

@@ -25,19 +25,21 @@ shortened since are refused with one line, as a :class:`ConfigError`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import mmap
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import load_file
 
 from fedlora.common.config import ConfigError, ServerConfig, public_config
 from fedlora.common.storage import write_atomic
+from fedlora.common.wire.chunks import sha256
+from fedlora.common.wire.stwrite import write as st_write
 
 JOURNAL = "journal.json"
 STATE_DIR = "journal"
@@ -127,22 +129,22 @@ class Journal:
 
     def state(self, entry: Entry) -> dict[str, torch.Tensor]:
         """The journaled strategy tensors, checked against their digest."""
-        data = (self.dir / entry.state_file).read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry.state_sha256:
-            raise ConfigError(f"config error: run_dir: {entry.state_file} does not match its digest "
-                              f"in {JOURNAL}: the journal is damaged")
-        return st_load(data)
+        path = self.dir / entry.state_file
+        if _file_sha256(path) != entry.state_sha256:
+            raise ConfigError(f"config error: run_dir: {entry.state_file} does not match its "
+                              f"digest in {JOURNAL}: the journal is damaged")
+        return load_file(path)  # a tensor at a time from a map of the file
 
     def commit(self, completed: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                records: tuple[int, int]) -> Entry:
         """Makes ``completed`` rounds durable: the state file, then the journal naming it.
         ``records`` is (bytes, count) of ``metrics.jsonl``, already fsynced."""
         name = f"{STATE_DIR}/state-{completed:05d}.safetensors"
-        data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-        write_atomic(self.dir / name, data)
+        written: list[str] = []  # a tensor at a time: a full model is not copied to be saved
+        write_atomic(self.dir / name, lambda f: written.append(st_write(tensors, None, f)[1]))
         entry = Entry(run_id=self.run_id, config=self._config, completed=completed,
                       records_bytes=records[0], records_count=records[1], state_file=name,
-                      state_sha256=hashlib.sha256(data).hexdigest(), meta=json.loads(json.dumps(meta)))
+                      state_sha256=written[0], meta=json.loads(json.dumps(meta)))
         self._write(entry)
         for old in (self.dir / STATE_DIR).glob("state-*.safetensors"):
             if old.name != Path(name).name:  # superseded: the journal no longer names it
@@ -191,6 +193,15 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
 
 def _show(v: Any) -> str:
     return "unset" if v is _UNSET else json.dumps(v, separators=(",", ":"))
+
+
+def _file_sha256(path: Path) -> str:
+    """Through a map of the file: a full model's state is hashed without a copy of it."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return sha256(b"")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return sha256(view)
 
 
 def _count_lines(path: Path, size: int) -> int:

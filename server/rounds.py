@@ -7,9 +7,11 @@ A :class:`Round` is mutated only under the engine's condition; it never holds tr
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -18,8 +20,11 @@ from fedlora.common.errors import Refused, Status
 from fedlora.common.wire.blob import Blob, pack
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import HEADER_SLACK
+from fedlora.common.wire.stats import tensor_bytes
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.strategy import ClientInfo, Instruction, Strategy, TensorSpec
+
+log = logging.getLogger("fedlora.server")
 
 
 @dataclass
@@ -48,9 +53,11 @@ class Round:
 
 
 def plan_round(strategy: Strategy, cfg: ServerConfig, down_chain: Chain, rnd: int, attempt: int,
-               clients: list[ClientInfo]) -> Round:
+               clients: list[ClientInfo], spool: Path | None = None) -> Round:
     """Asks the strategy for the plans and completes them with what the engine enforces.
-    Clients that share a tensor dict share one packed blob (packing is the costly part)."""
+    Clients that share a tensor dict share one packed blob (packing is the costly part); a
+    blob over ``cfg.spool_bytes`` is packed into a file under ``spool`` (:func:`pack`), so
+    serving a full model costs the coordinator no second copy of it."""
     instructions = strategy.configure(rnd, clients)
     blobs: dict[str, Blob] = {}
     packed: dict[int, Blob] = {}
@@ -58,8 +65,13 @@ def plan_round(strategy: Strategy, cfg: ServerConfig, down_chain: Chain, rnd: in
     for cid, inst in instructions.items():
         key = id(inst.tensors)
         if key not in packed:
+            big = spool is not None and tensor_bytes(inst.tensors) > cfg.spool_bytes
             packed[key] = pack(inst.tensors, {"round": rnd, "client": "coordinator",
-                                              "version": f"round-{rnd}"}, down_chain)
+                                              "version": f"round-{rnd}"}, down_chain,
+                               spool if big else None)
+            if not isinstance(packed[key].data, bytes):
+                log.info("round %d: global state (%d bytes) served from a spool file", rnd,
+                         packed[key].size)
         blob = packed[key]
         blobs[cid] = blob
         inst.plan.max_upload_bytes = int(planned_bytes(inst.expected) * cfg.max_upload_factor) + HEADER_SLACK

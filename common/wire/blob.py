@@ -12,9 +12,13 @@ same tensors give different bytes (and digests) from one call to the next.
 from __future__ import annotations
 
 import json
+import logging
+import mmap
 import struct
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +29,9 @@ from safetensors.torch import save as st_save
 from fedlora.common.wire.chunks import sha256
 from fedlora.common.wire.codec import Chain, CodecError, Expectation, check_wire, decode_one, inflate
 from fedlora.common.wire.stats import tensor_bytes
+from fedlora.common.wire.stwrite import write as st_write
+
+log = logging.getLogger("fedlora.wire")
 
 HEADER_KEY = "fedlora"
 CODEC_TENSOR = "__codec__"
@@ -39,7 +46,7 @@ class BlobError(ValueError):
 
 @dataclass(frozen=True)
 class Blob:
-    data: bytes
+    data: bytes | memoryview  # in memory, or a read-only map of an unlinked file (pack(spool=))
     digest: str
     tensor_bytes: int                      # raw bytes of the tensors before any codec
     stage_bytes: list[int] = field(default_factory=list)  # tensor bytes after each stage
@@ -50,12 +57,18 @@ class Blob:
         return len(self.data)
 
 
-def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any], chain: Chain) -> Blob:
+def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any], chain: Chain,
+         spool: Path | None = None) -> Blob:
     """A deterministic blob: the same tensors, header and chain always give the same bytes.
 
     The chain's per-tensor description (names, dtypes, shapes, part keys) is stored zstd-packed
     in a uint8 tensor ``__codec__`` rather than in the JSON header, where it would cost more
     than the data for adapters of many small tensors.
+
+    ``spool``: a folder to write the blob into, a tensor at a time, as an unlinked file mapped
+    read-only (it goes when the last view of it does): a full model then costs no memory
+    beyond its own tensors to pack and to serve (file pages the kernel may drop). Where the
+    file cannot be written (a full disk) the blob is built in memory instead.
     """
     wire, codec_meta, stage_bytes = chain.encode(
         {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -64,8 +77,24 @@ def pack(tensors: dict[str, torch.Tensor], header: dict[str, Any], chain: Chain)
     wire[CODEC_TENSOR] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
     full = {**header, "codec_chain": chain.specs(), "stage_bytes": stage_bytes}
     meta = {HEADER_KEY: json.dumps(full, sort_keys=True, separators=(",", ":"))}
+    described = (tensor_bytes(tensors), stage_bytes, tuple(chain.specs()))
+    if spool is not None:
+        try:
+            view, digest = _spooled(wire, meta, spool)
+            return Blob(view, digest, *described)
+        except OSError as e:
+            log.warning("cannot spool a %d-byte blob to %s (%s): building it in memory",
+                        described[0], spool, e.strerror or e)
     data = st_save({k: v.contiguous() for k, v in wire.items()}, metadata=meta)
-    return Blob(data, sha256(data), tensor_bytes(tensors), stage_bytes, tuple(chain.specs()))
+    return Blob(data, sha256(data), *described)
+
+
+def _spooled(wire: dict[str, torch.Tensor], meta: dict[str, str], folder: Path) -> tuple[memoryview, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder) as f:  # unlinked already: nothing to clean up
+        size, digest = st_write(wire, meta, f)
+        f.flush()
+        return memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)), digest
 
 
 # what parsing a peer's JSON may raise besides ValueError: too deep (RecursionError), a value of

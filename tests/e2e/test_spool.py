@@ -1,6 +1,7 @@
-"""Uploads put together on disk (above ``spool_bytes``) fold exactly as uploads held in memory:
-two runs of the same seed, one spooling every upload, end with the same adapter bit for bit,
-and no spool file outlives its round."""
+"""Uploads put together on disk (above ``spool_bytes``) fold exactly as uploads held in memory,
+and global states packed into a spool file download as the in-memory ones: two runs of the same
+seed, one spooling every transfer, end with the same adapter bit for bit, and no spool file
+outlives its round."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def test_every_upload_was_spooled_when_spool_bytes_is_zero(runs):
     log = (base / "spooled" / "logs" / "coordinator.log").read_text()
     assert log.count("spooled to") == len(CLIENTS) * 2
     assert "spooled to" not in (base / "memory" / "logs" / "coordinator.log").read_text()
+
+
+def test_every_download_was_served_from_a_spool_file_when_spool_bytes_is_zero(runs):
+    base, _, _ = runs
+    log = (base / "spooled" / "logs" / "coordinator.log").read_text()
+    assert log.count("served from a spool file") == 2  # one blob a round, shared by the clients
+    assert "served from a spool file" not in (base / "memory" / "logs" / "coordinator.log").read_text()
 
 
 def test_spooled_uploads_fold_to_the_same_adapter_bit_for_bit(runs):

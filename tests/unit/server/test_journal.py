@@ -150,3 +150,21 @@ def test_the_journal_keeps_no_client_token_and_a_resume_with_rotated_tokens_goes
     rotated = [{"id": "a", "token": "secret-a-2"}, {"id": "b", "token": "secret-b-2"}]
     entry = Journal(tmp_path).open(_cfg(tmp_path, clients=rotated))
     assert entry is not None and entry.completed == 1
+
+
+def test_committing_a_round_makes_no_copy_of_the_state(tmp_path):
+    """A full model's state goes to the file a tensor at a time: saving it must not double the
+    coordinator's memory (safetensors.torch.save held two copies of it)."""
+    import tracemalloc
+
+    journal = Journal(tmp_path)
+    journal.open(_cfg(tmp_path))
+    state = {f"model.layers.{i}.weight": torch.ones(1 << 18) for i in range(8)}  # 8 MiB
+    tracemalloc.start()
+    try:
+        entry = journal.commit(0, state, {}, (0, 0))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < (1 << 20)
+    assert all(torch.equal(v, state[k]) for k, v in journal.state(entry).items())
