@@ -38,13 +38,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.05
 CODECS = {"default": None, "none": []}  # None: the config's default chain (zstd:3 both ways)
-CLIENTS = ["client-0", "client-1"]
+CLIENTS = 2  # client processes, each on its own shaped link (--clients)
 
 
-def run_config(run_dir: Path, codec: list[str] | None, steps: int, batch: int) -> dict[str, Any]:
+def run_config(run_dir: Path, codec: list[str] | None, steps: int, batch: int,
+               clients: int) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "task": "causal-lm", "model": "default", "strategy": "fedavg", "rounds": 1,
-        "clients": len(CLIENTS), "min_clients": len(CLIENTS), "round_retries": 0, "seed": 0,
+        "clients": clients, "min_clients": clients, "round_retries": 0, "seed": 0,
         "run_dir": str(run_dir), "insecure": True,
         "deadline_s": 3600.0, "join_timeout_s": 900.0, "client_timeout_s": 900.0,
         "eval_examples": 8, "generate_examples": 0, "eval_batch_size": 8,
@@ -95,13 +96,13 @@ def records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_case(name: str, codec: list[str] | None, rate: float, work: Path, steps: int, batch: int,
-             timeout_s: float) -> dict[str, Any]:
+             timeout_s: float, clients: int = CLIENTS) -> dict[str, Any]:
     run_dir = work / f"run-{name}"
     cfg_path = work / f"config-{name}.yaml"
-    cfg_path.write_text(yaml.safe_dump(run_config(run_dir, codec, steps, batch)))
+    cfg_path.write_text(yaml.safe_dump(run_config(run_dir, codec, steps, batch, clients)))
     spec = work / "spec.yaml"
     spec.write_text("subnet: 10.213.13.0/24\nclients:\n" + "".join(
-        f"  - {{id: {c}, up_mbit: {rate}, down_mbit: {rate}}}\n" for c in CLIENTS))
+        f"  - {{id: client-{c}, up_mbit: {rate}, down_mbit: {rate}}}\n" for c in range(clients)))
     cmd = [sys.executable, "-m", "fedlora.deploy.cli", "run", "--cluster", "netns", "--spec", str(spec),
            "--config", str(cfg_path), "--run-dir", str(run_dir), "--no-live"]
     load0 = Path("/proc/loadavg").read_text().split()[:3]
@@ -178,7 +179,8 @@ def summarise(name, codec, rate, clients, rnd, start, sampler, run_dir, wall, lo
         mem["round_growth_per_model"] = (mem["peak_rss_mib"] - mem["rss_before_round_mib"]) / mib_model
     trace = [(round(s[0] - t_first, 2), s[1].get("VmRSS", 0) // 1024, s[1].get("RssAnon", 0) // 1024,
               s[1].get("RssFile", 0) // 1024) for s in samples[:: max(1, len(samples) // 400)]]
-    return {"case": name, "codec": codec if codec is not None else "default (zstd:3)", "rate_mbit": rate,
+    return {"case": name, "clients": len(clients),
+            "codec": codec if codec is not None else "default (zstd:3)", "rate_mbit": rate,
             "model_bytes": model_bytes, "transfers": transfers, "memory": mem,
             "round_seconds": rnd["seconds"], "wall_seconds": wall, "loadavg_before": load0,
             "loadavg_after": load1, "rss_trace_s_rss_anon_file_mib": trace,
@@ -188,7 +190,7 @@ def summarise(name, codec, rate, clients, rnd, start, sampler, run_dir, wall, lo
 def print_table(results: list[dict[str, Any]]) -> None:
     for res in results:
         m = res["memory"]
-        print(f"\ncase {res['case']}: codec {res['codec']}, tbf {res['rate_mbit']:g} Mbit/s each way per "
+        print(f"\ncase {res['case']}, {res.get('clients', 2)} clients: codec {res['codec']}, tbf {res['rate_mbit']:g} Mbit/s each way per "
               f"client, model {res['model_bytes'] / 1e6:.1f} MB fp32; round {res['round_seconds']:.1f} s, "
               f"wall {res['wall_seconds']:.0f} s, loadavg {' '.join(res['loadavg_before'])} -> "
               f"{' '.join(res['loadavg_after'])}")
@@ -203,7 +205,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(f"coordinator: peak RSS {m['peak_rss_mib']:.0f} MiB = {m['peak_rss_per_model']:.2f} x model "
               f"({m['model_mib']:.0f} MiB); RSS before the round {m['rss_before_round_mib'] or 0:.0f} MiB; "
               f"max anon {m['max_RssAnon_mib']:.0f} MiB ({m['max_anon_per_model']:.2f} x), "
-              f"max file-backed {m['max_RssFile_mib']:.0f} MiB")
+              f"max file-backed {m['max_RssFile_mib']:.0f} MiB; the round added "
+              f"{m.get('round_growth_per_model', 0):.2f} x model")
 
 
 def main() -> None:
@@ -212,6 +215,8 @@ def main() -> None:
     ap.add_argument("--codecs", default="default,none", help=f"cases, of {sorted(CODECS)}")
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=CLIENTS,
+                    help="client processes (the coordinator's memory must not grow with them)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
     ap.add_argument("--label", default="", help="stored with the results (e.g. before/after)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "large-transfer-result.json"))
@@ -222,7 +227,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedlora-large-") as tmp:
         for name in args.codecs.split(","):
             results.append(run_case(name, CODECS[name], args.rate, Path(tmp), args.steps, args.batch,
-                                    args.timeout))
+                                    args.timeout, args.clients))
             results[-1]["label"] = args.label
     print_table(results)
     out = Path(args.out)

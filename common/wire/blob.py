@@ -26,7 +26,7 @@ import zstandard
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedlora.common.wire.chunks import sha256
+from fedlora.common.wire.chunks import drop_pages, sha256
 from fedlora.common.wire.codec import Chain, CodecError, Expectation, check_wire, decode_one, inflate
 from fedlora.common.wire.stats import tensor_bytes
 from fedlora.common.wire.stwrite import write as st_write
@@ -196,6 +196,7 @@ def _entries(view: memoryview) -> dict[str, tuple[torch.dtype, tuple[int, ...], 
 def _read(view: memoryview, entry: tuple[torch.dtype, tuple[int, ...], int, int]) -> torch.Tensor:
     dtype, shape, begin, end = entry
     raw = bytearray(view[begin:end])
+    drop_pages(view, begin, end)
     if not raw:
         return torch.empty(shape, dtype=dtype)
     target = torch.uint8 if dtype == torch.bool else dtype

@@ -21,13 +21,30 @@ def sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def iter_chunks(data: bytes, chunk_bytes: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
+def iter_chunks(data: bytes | memoryview, chunk_bytes: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
     """``(offset, bytes)`` pieces of ``data`` from ``start`` on, ``chunk_bytes`` each."""
     if chunk_bytes <= 0:
         raise ValueError("chunk_bytes must be positive")
     view = memoryview(data)
     for off in range(start, len(data), chunk_bytes):
-        yield off, bytes(view[off : off + chunk_bytes])
+        piece = bytes(view[off : off + chunk_bytes])
+        drop_pages(view, off, off + len(piece))
+        yield off, piece
+
+
+def drop_pages(view: memoryview, begin: int, end: int) -> None:
+    """Where ``view`` is a whole mapped file (a spooled blob), gives the pages of
+    ``[begin, end)`` back once they were copied out: they stay in the kernel's page cache but
+    leave this process's resident set, so serving or folding a full model from a spool file
+    does not grow it by the model. A no-op for memory that is not a mapped file."""
+    target = view.obj
+    if not isinstance(target, mmap.mmap) or len(view) != len(target) or end <= begin:
+        return
+    first = begin - begin % mmap.PAGESIZE  # madvise wants a page-aligned start
+    try:
+        target.madvise(mmap.MADV_DONTNEED, first, end - first)
+    except (OSError, ValueError):  # a closed map, or a platform without it: only memory is at stake
+        pass
 
 
 class PartialUpload:

@@ -95,3 +95,21 @@ def test_tri_matrix_adapter_saves_as_plain_lora_with_the_same_outputs(tiny_model
     loaded = PeftModel.from_pretrained(load_base(str(tiny_model), 6, 99), str(tmp_path / "a")).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**enc).logits, y, rtol=1e-5, atol=1e-5)
+
+
+def test_a_full_model_is_saved_a_shard_at_a_time_and_loads_back_whole(tiny_model, tmp_path, monkeypatch):
+    """The coordinator's final save of a full model must not copy the model whole (safetensors
+    copies what it writes): it writes shards of at most SAVE_SHARD that from_pretrained joins
+    (the memory it saves is measured by bench/large_transfer.py)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from fedlora.common import model as model_module
+
+    full = AdaptedModel(load_base(str(tiny_model), 6, 0), pb.AdapterSpec(kind="none"), TASK.peft_task_type)
+    size = sum(t.numel() * t.element_size() for t in full.state().values())
+    monkeypatch.setattr(model_module, "SAVE_SHARD", size // 4)
+    full.save(tmp_path / "saved")
+    assert len(list((tmp_path / "saved").glob("model-*.safetensors"))) > 1
+    back = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "saved"))
+    mine = full.model.state_dict()
+    assert all(torch.equal(t, mine[k]) for k, t in back.state_dict().items())

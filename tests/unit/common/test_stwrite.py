@@ -75,3 +75,36 @@ def test_a_spool_that_cannot_be_written_falls_back_to_memory(tmp_path):
     blocked.write_text("")
     blob = pack({"w": torch.ones(8)}, {"round": 1}, Chain(), spool=blocked)
     assert isinstance(blob.data, bytes) and blob.digest == sha256(blob.data)
+
+
+def _rss_file_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_serving_a_spooled_blob_gives_its_pages_back(tmp_path):
+    """Chunks copied out of a spool file leave the process's resident set: a coordinator
+    serving a full model from disk does not grow by the model."""
+    from fedlora.common.wire.chunks import iter_chunks
+
+    blob = pack({f"w{i}": torch.ones(1 << 20) for i in range(16)}, {"round": 1}, Chain(),
+                spool=tmp_path)  # 64 MiB
+    before = _rss_file_kib()
+    served = sum(len(piece) for _, piece in iter_chunks(blob.data, 1 << 20))
+    assert served == blob.size
+    assert _rss_file_kib() - before < 8 << 10
+
+
+def test_decoding_a_spooled_blob_gives_its_pages_back(tmp_path):
+    from fedlora.common.wire.blob import unpack_lazy
+    from fedlora.common.wire.codec import Expectation
+
+    tensors = {f"w{i}": torch.ones(1 << 20) for i in range(16)}
+    blob = pack(tensors, {"round": 1}, Chain(), spool=tmp_path)
+    expect = Expectation.of([], {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()})
+    lazy, _ = unpack_lazy(blob.data, expect)
+    before = _rss_file_kib()
+    assert all(torch.equal(lazy[k], v) for k, v in tensors.items())
+    assert _rss_file_kib() - before < 8 << 10
