@@ -79,6 +79,17 @@ def _broadcast_bytes(data: bytes | None) -> bytes:
     return buf.numpy().tobytes()
 
 
+def close() -> None:
+    """Both sides of the end: every rank meets here, then the process group is torn down.
+
+    Without it rank 0 could exit while gloo still held a connection the other rank had just
+    closed, and gloo's background thread aborted the process (SIGABRT after a run that had
+    finished: a non-zero exit for a client that did all its work)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(enc: dict[str, torch.Tensor], labels: torch.Tensor, ctx: DistContext):
     """This rank's rows of a global batch."""
     return {k: v[ctx.rank::ctx.world] for k, v in enc.items()}, labels[ctx.rank::ctx.world]
