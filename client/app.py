@@ -36,9 +36,9 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 
 log = logging.getLogger("fedlora.client")
 
-# exact-match answers a client generates per evaluation (causal-lm): the coordinator's own
-# test evaluation takes its config's count; a client's sits between training and upload
-CLIENT_GENERATE = 32
+# rows per forward pass of a client's evaluation (how many rows, and answers generated, are the
+# run's eval_examples / generate_examples, as for the coordinator's)
+CLIENT_EVAL_BATCH = 32
 
 LOCAL = "local"  # the round store of the plan's keep_local tensors (<state_dir>/<id>/local/)
 
@@ -109,8 +109,7 @@ class Client:
         return None if split is None else split.test()
 
     def _eval_options(self) -> EvalOptions:
-        """A client's evaluations: its hold-out, and the test split where the plan asks."""
-        return EvalOptions(32, self.spec.max_length, generate_examples=CLIENT_GENERATE)
+        return spec_eval_options(self.spec)
 
     def _model_for(self, spec: pb.AdapterSpec) -> AdaptedModel:
         key = spec.SerializeToString(deterministic=True)
@@ -138,6 +137,7 @@ class Client:
         while True:
             kind, tensors, meta = distributed.receive()
             if kind == distributed.DONE:
+                distributed.close()
                 return 0
             plan = pb.Plan.FromString(meta["plan"])
             am = self._model_for(plan.adapter)
@@ -181,6 +181,7 @@ class Client:
                     log.info("run finished: %s", task.message)
                 if self.ctx is not None:
                     distributed.send(distributed.DONE, {}, {})
+                    distributed.close()
                 if self.am is not None and self._personal:  # its own model: save it, PEFT format
                     self.am.save(self.state_dir / "adapter")
                     log.info("personal adapter saved to %s", self.state_dir / "adapter")
@@ -251,6 +252,7 @@ class Client:
         before = self.meter.read()
         up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
         iface_up = self.meter.delta(before, self.meter.read())
+        metrics.update({f"local_{k}": float(v) for k, v in score.extra.items()})  # e.g. perplexity
         metrics.update(local_accuracy=score.accuracy, local_loss=score.loss,
                        num_examples=float(len(self.train_data)),
                        client_down_payload_bytes=float(down.payload_bytes),
@@ -314,6 +316,13 @@ class Client:
         log.info("round %d: downloaded %d B (%d on gRPC) in %.2fs", rnd, stats.payload_bytes,
                  stats.grpc_bytes, stats.seconds)
         return tensors, stats
+
+
+def spec_eval_options(spec: pb.RunSpec) -> EvalOptions:
+    """A client's evaluations (its hold-out, and the test split where the plan asks) are
+    bounded as the coordinator's are: by the run's settings, which the spec carries."""
+    return EvalOptions(CLIENT_EVAL_BATCH, spec.max_length, spec.generate_examples,
+                       spec.max_new_tokens or EvalOptions.max_new_tokens, spec.eval_examples)
 
 
 def run_client(cfg: ClientConfig) -> int:

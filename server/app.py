@@ -90,6 +90,8 @@ def serve(cfg: ServerConfig) -> int:
         dataset=cfg.data.dataset if split is not None else "", max_length=cfg.data.max_length,
         chunk_bytes=cfg.chunk_bytes, label_names=dataset.label_names,
         config_json=public_config(cfg), adapter=cls.adapter_spec(cfg),
+        eval_examples=cfg.eval_examples, generate_examples=cfg.generate_examples,
+        max_new_tokens=cfg.max_new_tokens,
     )
     log.info("model %s, strategy %s, %d test examples, shards %s", task.model_source(cfg.model),
              cfg.strategy, len(test), shard_sizes)

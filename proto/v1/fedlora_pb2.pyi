@@ -60,7 +60,7 @@ class JoinRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., protocol: _Optional[str] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter", "task", "heartbeat_s")
+    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter", "task", "heartbeat_s", "eval_examples", "generate_examples", "max_new_tokens")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,9 @@ class RunSpec(_message.Message):
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     strategy: str
     model: str
@@ -97,7 +100,10 @@ class RunSpec(_message.Message):
     adapter: AdapterSpec
     task: str
     heartbeat_s: float
-    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., task: _Optional[str] = ..., heartbeat_s: _Optional[float] = ...) -> None: ...
+    eval_examples: int
+    generate_examples: int
+    max_new_tokens: int
+    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., task: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., eval_examples: _Optional[int] = ..., generate_examples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("session_id", "spec")

@@ -26,6 +26,15 @@ def test_fedavg_lora_round_reports_response_loss_perplexity_and_exact_match(feda
     assert last["test_exact_match_examples"] == 8
 
 
+def test_clients_score_their_hold_out_within_the_runs_evaluation_bounds(fedavg_lora_run):
+    """The run's generate_examples (8 here) bounds a client's evaluation too: it sits between
+    training and upload, on the round's critical path (clients used to answer 32)."""
+    run_dir, _ = fedavg_lora_run
+    for rec in _last_client_records(run_dir).values():
+        assert rec["metrics"]["local_exact_match_examples"] == 8
+        assert rec["metrics"]["local_perplexity"] > 1.0
+
+
 def test_final_adapter_is_a_causal_lm_peft_adapter_giving_the_reported_loss(fedavg_lora_run, tiny_llama):
     run_dir, rounds = fedavg_lora_run
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
