@@ -16,6 +16,7 @@ empty stream: with every byte held, the client asks UploadStatus, which complete
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -230,6 +231,10 @@ class Connection:
 
     def report(self, rnd: int, metrics: dict[str, float], profile: pb.DeviceProfile | None = None,
                decline: str = "") -> None:
+        """Sends the round's figures. One that was not measured (NaN: e.g. exact match where the
+        run generates no answers) is left out: the coordinator refuses non-finite numbers, and
+        the round's report with them."""
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
         if profile is not None:
             self.profile = profile
 

@@ -35,6 +35,17 @@ def test_clients_score_their_hold_out_within_the_runs_evaluation_bounds(fedavg_l
         assert rec["metrics"]["local_perplexity"] > 1.0
 
 
+def test_a_run_that_generates_no_answers_is_scored_by_loss_alone_on_both_sides(tmp_path_factory,
+                                                                               tiny_llama):
+    """generate_examples 0: no exact match anywhere; a client leaves the unmeasured figure out
+    of its report (a NaN in it had the coordinator refuse the report, and the round lost it)."""
+    run_dir, rounds = run_causal(tmp_path_factory, tiny_llama, "fedavg-lora", {"generate_examples": 0})
+    assert rounds[-1]["accepted"] == 2 and math.isfinite(rounds[-1]["test_loss"])
+    for rec in _last_client_records(run_dir).values():
+        assert rec["status"] == "accepted" and "local_accuracy" not in rec["metrics"]
+        assert rec["metrics"]["local_exact_match_examples"] == 0
+
+
 def test_final_adapter_is_a_causal_lm_peft_adapter_giving_the_reported_loss(fedavg_lora_run, tiny_llama):
     run_dir, rounds = fedavg_lora_run
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
