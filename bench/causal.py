@@ -93,8 +93,7 @@ def centralised(segments: bool) -> dict:
     cfg = load_config(ServerConfig, CONFIG, {})
     task = get_task(cfg.task)
     n_clients = len(cfg.client_entries())
-    split = task.builtin_split(cfg.data.dataset, n_clients, cfg.data.dirichlet_alpha,
-                               cfg.data.test_fraction, cfg.seed)
+    split = task.federated_split(cfg.data.dataset, cfg.data.split_plan(n_clients, cfg.seed), cfg.data)
     hold_out = ClientConfig.model_fields["local_eval_fraction"].default
     parts = []
     for k in range(n_clients):  # what each client trains on: its shard less its hold-out

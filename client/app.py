@@ -19,13 +19,13 @@ from fedlora.client.roundstate import RoundStore
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, CoordinatorError, CoordinatorLost, TransferFailed
 from fedlora.common.config import ClientConfig
-from fedlora.common.data import FederatedSplit, split_local
+from fedlora.common.data import DIRICHLET, FederatedSplit, SplitPlan, split_local
 from fedlora.common.evaluate import EvalOptions
 from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
-from fedlora.common.tasks.base import Rows, Task
+from fedlora.common.tasks.base import Rows, Task, columns_from
 from fedlora.common.netstat import InterfaceMeter
-from fedlora.common.storage import prepare_dir, write_atomic
+from fedlora.common.storage import file_sha256, prepare_dir, write_atomic
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import round_seed, steps_per_round
 from fedlora.common.wire.blob import Blob, pack, unpack
@@ -90,22 +90,19 @@ class Client:
         """The run's task; a coordinator that names none predates tasks and trains classifiers."""
         return get_task(self.spec.task or DEFAULT_TASK)
 
-    def _builtin_split(self, spec: pb.RunSpec) -> FederatedSplit | None:
-        return self.task.builtin_split(spec.dataset, spec.num_partitions, spec.dirichlet_alpha,
-                                       spec.test_fraction, spec.seed)
-
     def _load_data(self, spec: pb.RunSpec) -> Rows:
         if self.cfg.data:
             return self.task.load_file(Path(self.cfg.data), self.cfg, spec.label_names)
-        split = self._builtin_split(spec) if spec.partition >= 0 else None
+        split = spec_split(spec, self.task) if spec.partition >= 0 else None
         if split is None:
-            raise ValueError("data: the run has no built-in data split; pass --data FILE")
+            raise ValueError("data: the coordinator federates no data of its own in this run "
+                             "(clients bring theirs); pass --data FILE")
         return split.shard(spec.partition)
 
     def _test_split(self, spec: pb.RunSpec) -> Rows | None:
-        """The run's test split, for methods whose global model lives on the clients (the
-        built-in data only: with their own data, clients have no common test set)."""
-        split = self._builtin_split(spec)
+        """The run's test split, for methods whose global model lives on the clients (data the
+        coordinator federates only: with their own data, clients have no common test set)."""
+        split = spec_split(spec, self.task)
         return None if split is None else split.test()
 
     def _eval_options(self) -> EvalOptions:
@@ -316,6 +313,26 @@ class Client:
         log.info("round %d: downloaded %d B (%d on gRPC) in %.2fs", rnd, stats.payload_bytes,
                  stats.grpc_bytes, stats.seconds)
         return tensors, stats
+
+
+def spec_split(spec: pb.RunSpec, task: Task) -> FederatedSplit | None:
+    """The coordinator's split of the data it federates (the built-in set, or a file this
+    client reads at the same path and checks by digest); None where clients bring their own."""
+    if not spec.dataset:
+        return None
+    plan = SplitPlan(spec.num_partitions, spec.partition_scheme or DIRICHLET,
+                     spec.dirichlet_alpha, spec.test_fraction, spec.seed, spec.partition_column)
+    columns = None
+    if spec.dataset_sha256:  # a file: the coordinator's, or nothing
+        path = Path(spec.dataset)
+        if not path.is_file():
+            raise ValueError(f"data: the run federates {path}, which this machine does not "
+                             f"have; pass --data FILE to train on a file of your own")
+        if file_sha256(path) != spec.dataset_sha256:
+            raise ValueError(f"data: {path} is not the file the coordinator federates (sha256 "
+                             f"differs); pass --data FILE to train on a file of your own")
+        columns = columns_from(spec.columns)
+    return task.federated_split(spec.dataset, plan, columns, spec.label_names)
 
 
 def spec_eval_options(spec: pb.RunSpec) -> EvalOptions:

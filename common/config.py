@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedlora import methods
+from fedlora.common.data import BUILTIN_SETS, COLUMN, DIRICHLET, OWN, SplitPlan
 from fedlora.common.evaluate import EvalOptions
 from fedlora.common.tasks import DEFAULT_TASK, TASKS, get_task
 from fedlora.common.wire.codec import Chain
@@ -74,10 +75,34 @@ class DataConfig(Strict):
     response_column: str = Field("response", description="causal-lm: the answer's column")
     messages_column: str = Field("messages", description="causal-lm: a chat-format list of "
                                  "{role, content}, the last the assistant's (instead of prompt/response)")
+    partition: Literal["dirichlet", "iid", "column", "own"] | None = Field(
+        None, description="how the coordinator's data reaches the clients: 'dirichlet' (label "
+        "skew by dirichlet_alpha), 'iid' or 'column' (grouped by partition_column's values) "
+        "split it over them; 'own': clients bring their own files, the coordinator's file is "
+        "the test split. Unset: 'dirichlet' for the built-in set, 'own' for a file ('fedlora "
+        "run', whose clients have no files, makes it 'dirichlet')")
+    partition_column: str = Field("", description="partition 'column': the column whose values "
+                                  "group rows into clients (a user, a source)")
     dirichlet_alpha: float = Field(0.5, gt=0)
     test_fraction: float = Field(0.1, gt=0, lt=1)
     max_length: int = Field(48, ge=8, le=4096, description="tokens per example (the task's "
                             "default when unset: classification 48, causal-lm 128)")
+
+
+    @model_validator(mode="after")
+    def _partition(self) -> "DataConfig":
+        if self.partition == COLUMN and not self.partition_column:
+            raise ValueError("partition_column: partition 'column' needs the column's name")
+        if self.partition == OWN and self.dataset in BUILTIN_SETS:
+            raise ValueError(f"partition: 'own' needs a data file; {self.dataset!r} is the "
+                             f"built-in set, split over the clients")
+        return self
+
+    def split_plan(self, num_parts: int, seed: int) -> SplitPlan:
+        """The run's split, with the unset ``partition`` resolved."""
+        scheme = self.partition or (DIRICHLET if self.dataset in BUILTIN_SETS else OWN)
+        return SplitPlan(num_parts, scheme, self.dirichlet_alpha, self.test_fraction, seed,
+                         self.partition_column)
 
 
 # Client ids name files (certificates, personal state) and appear in logs: letters, digits,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from fedlora.common.model import packaged_file
 
 TREC = "trec"
+BUILTIN_SETS = (TREC,)  # data.dataset names that are not files
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,16 @@ def read_records(path: Path, text_column: str, label_column: str) -> list[tuple[
     return out
 
 
+def column_values(path: Path, column: str) -> list[object]:
+    """Every row's value of ``column`` (the natural federation's key), in file order."""
+    out = []
+    for i, row in enumerate(read_rows(path)):
+        if not isinstance(row, dict) or column not in row:
+            raise ValueError(f"data file {path}: row {i} lacks column {column!r} (data.partition_column)")
+        out.append(row[column])
+    return out
+
+
 def load_file(path: Path, text_column: str, label_column: str,
               label_names: list[str] | None = None) -> Dataset:
     """A user file as a Dataset; with ``label_names`` (the run's), unknown labels are refused."""
@@ -142,19 +154,71 @@ def split_local(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np
     return train_test_split(n, eval_fraction, seed)
 
 
+def iid_partition(n: int, num_parts: int, seed: int) -> list[np.ndarray]:
+    """A seeded shuffle cut into ``num_parts`` parts whose sizes differ by at most one."""
+    if n < num_parts:
+        raise ValueError(f"{n} examples cannot fill {num_parts} parts")
+    perm = np.random.default_rng([seed, 3]).permutation(n)
+    return [np.sort(p) for p in np.array_split(perm, num_parts)]
+
+
+def column_partition(values: Sequence[object], num_parts: int, column: str) -> list[np.ndarray]:
+    """A natural federation: rows sharing a value of ``column`` (a user, a source) stay together.
+    Values go, largest group first (ties by value), to the part holding the fewest rows, so
+    with as many values as parts each part is one value; it needs at least as many distinct
+    values as parts."""
+    groups: dict[str, list[int]] = {}
+    for i, v in enumerate(values):
+        groups.setdefault(str(v), []).append(i)
+    if len(groups) < num_parts:
+        raise ValueError(f"column {column!r} has {len(groups)} distinct value(s) for "
+                         f"{num_parts} clients: each client needs at least one")
+    parts: list[list[int]] = [[] for _ in range(num_parts)]
+    for _, idx in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        min(parts, key=len).extend(idx)  # min() takes the first of equals: deterministic
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+
+
+DIRICHLET, IID, COLUMN, OWN = "dirichlet", "iid", "column", "own"
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How the coordinator's data is federated; every process derives the same split from it
+    (the coordinator from its config, a client from the run spec), so no data is shipped.
+    ``scheme``: ``dirichlet`` (label skew by ``alpha``), ``iid``, or ``column`` (grouped by
+    the values of ``column``)."""
+
+    num_parts: int
+    scheme: str = DIRICHLET
+    alpha: float = 0.5
+    test_fraction: float = 0.1
+    seed: int = 0
+    column: str = ""
+
+
 @dataclass(frozen=True)
 class FederatedSplit:
-    """The run's view of the built-in data: a global test set and one shard per partition."""
+    """The run's view of its federated data: a global test set and one shard per partition."""
 
     dataset: Dataset
     test_idx: np.ndarray
     shards: list[np.ndarray]
 
     @classmethod
-    def make(cls, dataset: Dataset, num_parts: int, alpha: float, test_fraction: float,
-             seed: int) -> "FederatedSplit":
-        train_idx, test_idx = train_test_split(len(dataset), test_fraction, seed)
-        parts = dirichlet_partition([dataset.labels[i] for i in train_idx], num_parts, alpha, seed)
+    def make(cls, dataset, plan: SplitPlan, groups: Sequence[object] | None = None) -> "FederatedSplit":
+        """``dataset``: any rows with ``subset`` (and ``labels`` for ``dirichlet``); ``groups``:
+        each row's value of ``plan.column`` (``column`` only)."""
+        train_idx, test_idx = train_test_split(len(dataset), plan.test_fraction, plan.seed)
+        if plan.scheme == DIRICHLET:
+            parts = dirichlet_partition([dataset.labels[i] for i in train_idx], plan.num_parts,
+                                        plan.alpha, plan.seed)
+        elif plan.scheme == IID:
+            parts = iid_partition(len(train_idx), plan.num_parts, plan.seed)
+        elif plan.scheme == COLUMN and groups is not None:
+            parts = column_partition([groups[i] for i in train_idx], plan.num_parts, plan.column)
+        else:
+            raise ValueError(f"partition {plan.scheme!r}: not a way to federate data here")
         return cls(dataset, test_idx, [train_idx[p] for p in parts])
 
     def test(self) -> Dataset:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import mmap
 import os
 import shutil
 import threading
@@ -94,6 +96,15 @@ def prepare_dir(path: Path, what: str) -> Path:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read through a map of it: a model-sized file is hashed without a copy."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return hashlib.sha256(view).hexdigest()
 
 
 def write_atomic(path: Path, data: bytes | str | Callable[[BinaryIO], object]) -> Path:

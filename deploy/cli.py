@@ -17,7 +17,9 @@ from typing import Any
 
 from fedlora import methods
 from fedlora.common.config import ClientConfig, ConfigError, ServerConfig, load_config, parse_override
+from fedlora.common.data import BUILTIN_SETS, DIRICHLET, IID
 from fedlora.common.storage import StorageError
+from fedlora.common.tasks import get_task
 
 # flag -> config field, for the server side (shared by `server` and `run`)
 SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -38,8 +40,12 @@ SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--lr", "training.learning_rate", float, "local learning rate"),
     ("--local-steps", "training.max_steps", int, "local steps per round (0 = full epochs)"),
     ("--batch-size", "training.batch_size", int, "local batch size"),
-    ("--data", "data.dataset", str, "'trec' (built-in) or the coordinator's test file"),
-    ("--dirichlet-alpha", "data.dirichlet_alpha", float, "label skew of the built-in split"),
+    ("--data", "data.dataset", str, "'trec' (built-in) or a data file: the test split, and the "
+     "clients' shards where --partition federates it"),
+    ("--partition", "data.partition", str, "dirichlet, iid, column (by --partition-column) or own "
+     "(clients bring their files; the default for a file, except under 'fedlora run')"),
+    ("--partition-column", "data.partition_column", str, "the column whose values make the clients"),
+    ("--dirichlet-alpha", "data.dirichlet_alpha", float, "label skew of the dirichlet split"),
     ("--upload-codec", "codec.upload", lambda s: [x for x in s.split(",") if x], "e.g. zstd:3"),
     ("--download-codec", "codec.download", lambda s: [x for x in s.split(",") if x], "e.g. zstd:3"),
     ("--chunk-bytes", "chunk_bytes", int, "transfer chunk size"),
@@ -306,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
 
             ov["run_dir"] = f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}"
         cfg = load_config(ServerConfig, args.config, ov)
+        if cfg.data.partition is None and cfg.data.dataset not in BUILTIN_SETS:
+            # local clients have no files of their own: the coordinator's file is federated
+            scheme = DIRICHLET if get_task(cfg.task).has_classes else IID
+            cfg = load_config(ServerConfig, args.config, {**ov, "data.partition": scheme})
         from fedlora.deploy.local import run_local
 
         return run_local(cfg, client_threads=args.client_threads, live=not args.no_live,

@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -18,10 +19,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedlora import methods
 from fedlora.common.channel import grpc_options
-from fedlora.common.config import ConfigError, ServerConfig, public_config
+from fedlora.common.config import ConfigError, DataConfig, ServerConfig, public_config
+from fedlora.common.data import BUILTIN_SETS, SplitPlan
 from fedlora.common.model import AdaptedModel
-from fedlora.common.storage import StorageError, atomic_dir, prepare_dir, reason, write_atomic
+from fedlora.common.storage import StorageError, atomic_dir, file_sha256, prepare_dir, reason, write_atomic
 from fedlora.common.tasks import Task, get_task
+from fedlora.common.tasks.base import COLUMN_FIELDS
 from fedlora.common.wire.protocol import MAX_MESSAGE_BYTES
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
@@ -37,6 +40,21 @@ from fedlora.common.tls import server_credentials
 log = logging.getLogger("fedlora.server")
 
 SERVICE_NAME = "fedlora.v1.Coordinator"
+
+
+def spec_data_fields(data: DataConfig, plan: SplitPlan, federated: bool) -> dict[str, Any]:
+    """The spec's account of the data the coordinator federates ("" where clients bring their
+    own): the built-in set's name, or a file's absolute path with how it is read and its digest
+    (a client that finds another file at that path refuses to train on it); how it is split."""
+    if not federated:
+        return {"dataset": ""}
+    fields: dict[str, Any] = {"dataset": data.dataset, "partition_scheme": plan.scheme,
+                              "partition_column": plan.column}
+    if data.dataset not in BUILTIN_SETS:
+        path = Path(data.dataset).resolve()
+        fields.update(dataset=str(path), dataset_sha256=file_sha256(path),
+                      columns={k: getattr(data, k) for k in COLUMN_FIELDS})
+    return fields
 
 
 def serve(cfg: ServerConfig) -> int:
@@ -56,8 +74,8 @@ def serve(cfg: ServerConfig) -> int:
 
     task = get_task(cfg.task)
     entries = cfg.client_entries()
-    split = task.builtin_split(cfg.data.dataset, len(entries), cfg.data.dirichlet_alpha,
-                               cfg.data.test_fraction, cfg.seed)
+    plan = cfg.data.split_plan(len(entries), cfg.seed)
+    split = task.federated_split(cfg.data.dataset, plan, cfg.data)
     if split is not None:
         dataset, test = split.dataset, split.test()
         shard_sizes = [len(s) for s in split.shards]
@@ -87,7 +105,7 @@ def serve(cfg: ServerConfig) -> int:
         num_labels=len(dataset.label_names), rounds=cfg.rounds, seed=cfg.seed,
         num_partitions=len(entries), dirichlet_alpha=cfg.data.dirichlet_alpha,
         test_fraction=cfg.data.test_fraction,
-        dataset=cfg.data.dataset if split is not None else "", max_length=cfg.data.max_length,
+        max_length=cfg.data.max_length, **spec_data_fields(cfg.data, plan, split is not None),
         chunk_bytes=cfg.chunk_bytes, label_names=dataset.label_names,
         config_json=public_config(cfg), adapter=cls.adapter_spec(cfg),
         eval_examples=cfg.eval_examples, generate_examples=cfg.generate_examples,

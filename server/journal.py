@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import mmap
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +35,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedlora.common.config import ConfigError, ServerConfig, public_config
-from fedlora.common.storage import write_atomic
-from fedlora.common.wire.chunks import sha256
+from fedlora.common.storage import file_sha256, write_atomic
 from fedlora.common.wire.stwrite import write as st_write
 
 JOURNAL = "journal.json"
@@ -130,7 +127,7 @@ class Journal:
     def state(self, entry: Entry) -> dict[str, torch.Tensor]:
         """The journaled strategy tensors, checked against their digest."""
         path = self.dir / entry.state_file
-        if _file_sha256(path) != entry.state_sha256:
+        if file_sha256(path) != entry.state_sha256:
             raise ConfigError(f"config error: run_dir: {entry.state_file} does not match its "
                               f"digest in {JOURNAL}: the journal is damaged")
         return load_file(path)  # a tensor at a time from a map of the file
@@ -193,15 +190,6 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
 
 def _show(v: Any) -> str:
     return "unset" if v is _UNSET else json.dumps(v, separators=(",", ":"))
-
-
-def _file_sha256(path: Path) -> str:
-    """Through a map of the file: a full model's state is hashed without a copy of it."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return sha256(b"")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return sha256(view)
 
 
 def _count_lines(path: Path, size: int) -> int:

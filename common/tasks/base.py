@@ -11,15 +11,16 @@ training and federation code.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedlora.common.data import FederatedSplit
+from fedlora.common.data import COLUMN, OWN, FederatedSplit, SplitPlan, column_values
 from fedlora.common.evaluate import EvalOptions, Score
 from fedlora.common.model import load_tokenizer, resolve_model_path
 
@@ -47,6 +48,17 @@ class Columns(Protocol):
     prompt_column: str
     response_column: str
     messages_column: str
+
+
+COLUMN_FIELDS = ("text_column", "label_column", "prompt_column", "response_column", "messages_column")
+
+
+def columns_from(names: Mapping[str, str]) -> Columns:
+    """Columns as a run spec carries them (the coordinator's, for the file it federates)."""
+    missing = [f for f in COLUMN_FIELDS if f not in names]
+    if missing:
+        raise ValueError(f"the run names no {missing[0]} for its data file")
+    return SimpleNamespace(**{f: names[f] for f in COLUMN_FIELDS})
 
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -89,12 +101,22 @@ class Task(ABC):
         """The built-in data set named ``source`` (rows with ``labels`` the split is skewed by),
         or ``None`` when ``source`` names none."""
 
-    def builtin_split(self, source: str, num_parts: int, alpha: float, test_fraction: float,
-                      seed: int) -> FederatedSplit | None:
-        """The seeded split of a built-in data set named ``source``, which every process derives
-        alike so the coordinator ships no data; ``None`` when ``source`` names none."""
+    def federated_split(self, source: str, plan: SplitPlan, columns: Columns | None = None,
+                        label_names: Sequence[str] = ()) -> FederatedSplit | None:
+        """The seeded split of the run's data, which every process derives alike so the
+        coordinator ships no data: the built-in set named ``source``, or the file at ``source``
+        read with ``columns``; ``None`` where clients bring their own data (``plan.scheme`` own)."""
         data = self.builtin_data(source)
-        return None if data is None else FederatedSplit.make(data, num_parts, alpha, test_fraction, seed)
+        if data is not None:
+            if plan.scheme == COLUMN:
+                raise ValueError(f"data.partition: 'column' needs a data file; the built-in "
+                                 f"{source!r} has no columns")
+            return FederatedSplit.make(data, plan)
+        if plan.scheme == OWN or columns is None:
+            return None
+        path = Path(source)
+        groups = column_values(path, plan.column) if plan.scheme == COLUMN else None
+        return FederatedSplit.make(self.load_file(path, columns, label_names), plan, groups)
 
     @abstractmethod
     def batches(self, data: Rows, tokenizer, batch_size: int, max_length: int,

@@ -89,13 +89,14 @@ def _adapter_loss(run_dir, tiny_llama) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from fedlora.common.data import SplitPlan
     from fedlora.common.evaluate import EvalOptions
     from fedlora.common.tasks import get_task
 
     task = get_task("causal-lm")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
                                       str(run_dir / "adapter"))
-    test = task.builtin_split("trec", 2, 0.5, 0.1, 3).test()
+    test = task.federated_split("trec", SplitPlan(2, alpha=0.5, test_fraction=0.1, seed=3)).test()
     return task.evaluate(model, task.load_tokenizer(str(tiny_llama)), test,
                          EvalOptions(128, 128, generate_examples=0, max_examples=64), "cpu").loss
 

@@ -141,7 +141,7 @@ def test_saved_adapter_loads_with_peft_and_scores_the_reported_accuracy(federati
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fedlora.common.data import FederatedSplit, load_trec
+    from fedlora.common.data import FederatedSplit, SplitPlan, load_trec
     from fedlora.common.tasks import get_task
 
     run_dir, _ = federation
@@ -149,6 +149,6 @@ def test_saved_adapter_loads_with_peft_and_scores_the_reported_accuracy(federati
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model), num_labels=6)
     model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     tok = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))
-    test = FederatedSplit.make(load_trec(), len(TOKENS), 0.5, 0.1, seed=1).test()
+    test = FederatedSplit.make(load_trec(), SplitPlan(len(TOKENS), alpha=0.5, test_fraction=0.1, seed=1)).test()
     score = get_task("classification").evaluate(model, tok, test, EvalOptions(128, 48), "cpu")
     assert score.accuracy == pytest.approx(summary["final_accuracy"], abs=1e-9)

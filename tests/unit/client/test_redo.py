@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedlora.common.data import SplitPlan
 from fedlora import methods
 from fedlora.client.app import Client
 from fedlora.client.hooks import ClientContext
@@ -60,7 +61,7 @@ def _coordinator(strategy: str, tiny_model: Path, tmp_path: Path) -> tuple[Serve
 def _client(cfg: ServerConfig, tiny_model: Path, state_dir: Path) -> tuple[Client, FakeConnection]:
     c = Client(ClientConfig(server="127.0.0.1:9", client_id=CID, insecure=True, model=str(tiny_model),
                             state_dir=state_dir, threads=1, device="cpu", probe_bytes=0))
-    split = TASK.builtin_split("trec", 3, 0.5, 0.1, cfg.seed)
+    split = TASK.federated_split("trec", SplitPlan(3, alpha=0.5, test_fraction=0.1, seed=cfg.seed))
     c.spec = pb.RunSpec(run_id="run-test", strategy=cfg.strategy, model=str(tiny_model), task=TASK.name,
                         num_labels=6, rounds=3, seed=cfg.seed, partition=1, num_partitions=3,
                         dirichlet_alpha=0.5, test_fraction=0.1, dataset="trec", max_length=32,

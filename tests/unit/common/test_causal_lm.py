@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from fedlora.common.data import SplitPlan
 from fedlora.common.config import ServerConfig, load_config
 from fedlora.common.evaluate import EvalOptions
 from fedlora.common.tasks import get_task
@@ -81,10 +82,10 @@ def test_builtin_instructions_are_trec_questions_answered_by_one_of_six_words():
 
 
 def test_split_gives_every_process_the_same_shards_skewed_by_answer_type():
-    a = TASK.builtin_split("trec", 4, 0.5, 0.1, 7)
-    b = TASK.builtin_split("trec", 4, 0.5, 0.1, 7)
+    a = TASK.federated_split("trec", SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=7))
+    b = TASK.federated_split("trec", SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=7))
     assert a.shard(2).responses == b.shard(2).responses
-    assert TASK.builtin_split("nope", 4, 0.5, 0.1, 7) is None
+    assert TASK.federated_split("nope", SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=7)) is None
 
 
 def test_prompt_response_rows_from_jsonl_csv_and_json(tmp_path):

@@ -87,3 +87,19 @@ def test_the_public_config_hides_every_token():
 
     cfg = load_config(ServerConfig, None, {"clients": [{"id": "a", "token": "secret-a"}], "min_clients": 1})
     assert "secret-a" not in public_config(cfg) and '"id": "a"' in public_config(cfg)
+
+
+def test_partition_by_column_needs_the_column_named():
+    with pytest.raises(ConfigError, match="partition_column"):
+        load_config(ServerConfig, None, {"data.dataset": "mine.csv", "data.partition": "column"})
+
+
+def test_own_data_cannot_be_the_built_in_set():
+    with pytest.raises(ConfigError, match="partition: 'own' needs a data file"):
+        load_config(ServerConfig, None, {"data.partition": "own"})
+
+
+def test_an_unset_partition_splits_the_built_in_set_and_leaves_a_file_to_its_clients():
+    assert ServerConfig().data.split_plan(4, 0).scheme == "dirichlet"
+    plan = load_config(ServerConfig, None, {"data.dataset": "mine.csv"}).data.split_plan(3, 7)
+    assert (plan.scheme, plan.num_parts, plan.seed) == ("own", 3, 7)

@@ -1,9 +1,10 @@
-"""The built-in data and the seeded Dirichlet split."""
+"""The built-in data and the seeded splits: Dirichlet, IID and by a column's values."""
 
 import numpy as np
 import pytest
 
-from fedlora.common.data import FederatedSplit, dirichlet_partition, load_file, load_trec
+from fedlora.common.data import (COLUMN, FederatedSplit, SplitPlan, column_partition, column_values,
+                                 dirichlet_partition, iid_partition, load_file, load_trec)
 
 
 def test_trec_has_six_coarse_labels_and_no_duplicates():
@@ -41,7 +42,7 @@ def test_small_alpha_skews_labels():
 
 
 def test_test_split_is_disjoint_from_every_shard():
-    split = FederatedSplit.make(load_trec(), 4, 0.5, 0.1, seed=0)
+    split = FederatedSplit.make(load_trec(), SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=0))
     test = set(split.test_idx.tolist())
     assert all(not (set(s.tolist()) & test) for s in split.shards)
     assert len(test) + sum(len(s) for s in split.shards) == len(split.dataset)
@@ -60,3 +61,46 @@ def test_user_file_missing_column_names_it(tmp_path):
     f.write_text("sentence,label\nhello,X\n")
     with pytest.raises(ValueError, match="'text'"):
         load_file(f, "text", "label")
+
+
+def test_iid_split_covers_every_example_once_in_parts_one_apart_in_size():
+    parts = iid_partition(103, 4, seed=5)
+    together = np.concatenate(parts)
+    assert sorted(together.tolist()) == list(range(103))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert all(np.array_equal(a, b) for a, b in zip(parts, iid_partition(103, 4, seed=5)))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, iid_partition(103, 4, seed=6)))
+
+
+def test_column_split_keeps_each_value_on_one_client():
+    users = ["ann"] * 50 + ["bob"] * 30 + ["cy"] * 15 + ["di"] * 10 + ["ed"] * 5
+    parts = column_partition(users, 3, "user")
+    owners = {}
+    for k, p in enumerate(parts):
+        for i in p:
+            owners.setdefault(users[i], set()).add(k)
+    assert all(len(ks) == 1 for ks in owners.values())  # no value is cut across clients
+    assert sorted(len(p) for p in parts) == [30, 30, 50]  # largest first, to the emptiest part
+
+
+def test_column_split_with_as_many_values_as_clients_gives_one_value_each():
+    parts = column_partition(["b", "a", "c", "a", "b", "c", "c"], 3, "src")
+    assert [p.tolist() for p in parts] == [[2, 5, 6], [1, 3], [0, 4]]  # c (3 rows), then a, b by value
+
+
+def test_column_split_needs_a_value_per_client_and_says_so():
+    with pytest.raises(ValueError, match="column 'user' has 2 distinct value.*3 clients"):
+        column_partition(["a", "b", "a"], 3, "user")
+
+
+def test_a_file_is_federated_by_its_column_and_a_missing_column_is_named(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("text,label,user\n" + "".join(f"q{i},{'XY'[i % 2]},u{i % 3}\n" for i in range(60)))
+    split = FederatedSplit.make(load_file(f, "text", "label"),
+                                SplitPlan(3, COLUMN, test_fraction=0.1, seed=1, column="user"),
+                                column_values(f, "user"))
+    users = column_values(f, "user")
+    owned = [{users[i] for i in s} for s in split.shards]
+    assert all(len(o) == 1 for o in owned) and set().union(*owned) == {"u0", "u1", "u2"}
+    with pytest.raises(ValueError, match="row 0 lacks column 'site'"):
+        column_values(f, "site")

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedlora.common.data import SplitPlan
 from fedlora.common.evaluate import EvalOptions
 from fedlora.common.config import AdapterConfig, ConfigError, ServerConfig, load_config
 from fedlora.common.data import Dataset, FederatedSplit, load_trec
@@ -85,11 +86,11 @@ def test_evaluate_scores_accuracy_and_loss_as_computed_directly(tiny_model, task
 
 
 def test_builtin_split_is_the_seeded_trec_split_and_nothing_else(task):
-    split = task.builtin_split("trec", 4, 0.5, 0.1, 3)
-    direct = FederatedSplit.make(load_trec(), 4, 0.5, 0.1, 3)
+    split = task.federated_split("trec", SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=3))
+    direct = FederatedSplit.make(load_trec(), SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=3))
     assert (split.test_idx == direct.test_idx).all()
     assert all((a == b).all() for a, b in zip(split.shards, direct.shards))
-    assert task.builtin_split("data.csv", 4, 0.5, 0.1, 3) is None
+    assert task.federated_split("data.csv", SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=3)) is None
 
 
 def test_load_file_reads_the_configured_columns_and_the_runs_labels(tmp_path, task):

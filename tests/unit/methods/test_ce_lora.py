@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedlora.common.data import SplitPlan
 from fedlora.methods.ce_lora.strategy import data_similarity, personal_weights
 
 
@@ -39,7 +40,7 @@ def test_class_stats_noise_is_secret_not_the_round_seeds(tiny_model):
     from fedlora.common.config import ServerConfig
 
     task = get_task("classification")
-    split = task.builtin_split("trec", 3, 0.5, 0.1, 0)
+    split = task.federated_split("trec", SplitPlan(3, alpha=0.5, test_fraction=0.1, seed=0))
     cfg = ServerConfig(model=str(tiny_model), strategy="ce-lora", insecure=True, clients=3)
     am = AdaptedModel(task.load_base(str(tiny_model), 6, 0),
                       get("ce-lora").strategy.adapter_spec(cfg), task.peft_task_type)
@@ -74,7 +75,7 @@ def test_without_classes_the_statistics_are_one_mean_prompt_embedding(tiny_llama
     am = AdaptedModel(task.load_base(str(tiny_llama), 0, 0),
                       get("ce-lora").strategy.adapter_spec(cfg), task.peft_task_type)
     tok = task.load_tokenizer(str(tiny_llama))
-    data = task.builtin_split("trec", 2, 0.5, 0.1, 0).shard(0).subset(list(range(5)))
+    data = task.federated_split("trec", SplitPlan(2, alpha=0.5, test_fraction=0.1, seed=0)).shard(0).subset(list(range(5)))
     got = class_stats(am, tok, data, 0, 256, torch.device("cpu"), 0.0, task, "mean")
     expected = []
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fedlora.common.data import SplitPlan
 from fedlora.common.config import ServerConfig
 from fedlora.common.model import AdaptedModel
 from fedlora.common.tasks import get_task
@@ -30,7 +31,7 @@ def test_opacus_gives_each_trainable_lora_b_of_a_peft_llama_its_per_example_grad
         for n in chosen:
             am.parameter(n).normal_(0, 0.1)
     tok = TASK.load_tokenizer(str(tiny_llama))
-    rows = TASK.builtin_split("trec", 2, 0.5, 0.1, 0).shard(0).subset([0, 1, 2])
+    rows = TASK.federated_split("trec", SplitPlan(2, alpha=0.5, test_fraction=0.1, seed=0)).shard(0).subset([0, 1, 2])
     enc, targets = next(TASK.batches(rows, tok, 3, 256))
     assert len({int(m.sum()) for m in enc["attention_mask"]}) > 1  # rows of different lengths: padded
     gsm = GradSampleModule(am.model, loss_reduction="mean")  # strict: refuses unsupported layers
