@@ -14,7 +14,8 @@ import time
 
 from procs import alive, records
 
-CLIENT_DATA_ERROR = "data: the run has no built-in data split; pass --data FILE"
+CLIENT_DATA_ERROR = ("data: the coordinator federates no data of its own in this run (clients "
+                     "bring theirs); pass --data FILE")
 
 
 def _run(tmp_path, tiny_model, *extra) -> tuple:
@@ -28,10 +29,10 @@ def _run(tmp_path, tiny_model, *extra) -> tuple:
 
 
 def test_clients_that_cannot_load_data_end_the_run_with_their_reason(tmp_path, tiny_model):
-    data = tmp_path / "mine.csv"  # the coordinator's test file; the clients have none of theirs
+    data = tmp_path / "mine.csv"  # the coordinator's test file (own: clients bring theirs, and have none)
     data.write_text("text,label\nwhat is a cat,DESC\nwho is bob,HUM\nwhere is paris,LOC\n"
                     "how many legs,NUM\n")
-    run_dir, p = _run(tmp_path, tiny_model, "--data", str(data))
+    run_dir, p = _run(tmp_path, tiny_model, "--data", str(data), "--partition", "own")
     _out, err = p.communicate(timeout=600)  # a hang guard, not a timing
     ended = time.time()
     last = err.strip().splitlines()[-1]
