@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Any
 
 from fedlora import methods
@@ -214,9 +215,23 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+# Library warnings that tell a user of fedlora nothing they can act on (API deprecations inside
+# transformers/peft, torch's note on the backward hooks opacus installs, peft's missing-config
+# note for a GGUF base): kept out of the logs unless --verbose.
+LIBRARY_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
+    (FutureWarning, "", r"(transformers|peft)(\.|$)"),
+    (DeprecationWarning, "", r"(transformers|peft|torch)(\.|$)"),
+    (UserWarning, r"Full backward hook is firing", ""),
+    (UserWarning, r"Could not find a config file in", ""),
+)
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if not verbose:
+        for category, message, module in LIBRARY_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def main(argv: list[str] | None = None) -> int:
