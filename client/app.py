@@ -90,20 +90,14 @@ class Client:
         """The run's task; a coordinator that names none predates tasks and trains classifiers."""
         return get_task(self.spec.task or DEFAULT_TASK)
 
-    def _load_data(self, spec: pb.RunSpec) -> Rows:
+    def _load_data(self, spec: pb.RunSpec, split: FederatedSplit | None) -> Rows:
+        """The client's own file, or its shard of ``split`` (the data the coordinator federates)."""
         if self.cfg.data:
             return self.task.load_file(Path(self.cfg.data), self.cfg, spec.label_names)
-        split = spec_split(spec, self.task) if spec.partition >= 0 else None
-        if split is None:
+        if split is None or spec.partition < 0:
             raise ValueError("data: the coordinator federates no data of its own in this run "
                              "(clients bring theirs); pass --data FILE")
         return split.shard(spec.partition)
-
-    def _test_split(self, spec: pb.RunSpec) -> Rows | None:
-        """The run's test split, for methods whose global model lives on the clients (data the
-        coordinator federates only: with their own data, clients have no common test set)."""
-        split = spec_split(spec, self.task)
-        return None if split is None else split.test()
 
     def _eval_options(self) -> EvalOptions:
         return spec_eval_options(self.spec)
@@ -118,8 +112,11 @@ class Client:
         return self.am
 
     def _prepare_data(self) -> None:
-        data = self._load_data(self.spec)
-        self.test_data = self._test_split(self.spec)
+        split = spec_split(self.spec, self.task)  # once: a federated file is hashed and read here
+        data = self._load_data(self.spec, split)
+        # the run's test split, for methods whose global model lives on the clients (data the
+        # coordinator federates only: with their own data, clients have no common test set)
+        self.test_data = None if split is None else split.test()
         train_idx, eval_idx = split_local(len(data), self.cfg.local_eval_fraction, self.spec.seed)
         self.train_data, self.eval_data = data.subset(train_idx), data.subset(eval_idx)
         self.tokenizer = self.task.load_tokenizer(self.cfg.model or self.spec.model)
