@@ -25,7 +25,7 @@ from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task, columns_from
 from fedlora.common.netstat import InterfaceMeter
-from fedlora.common.storage import file_sha256, prepare_dir, write_atomic
+from fedlora.common.storage import tree_sha256, prepare_dir, write_atomic
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import round_seed, steps_per_round
 from fedlora.common.wire.blob import Blob, pack, unpack
@@ -322,10 +322,10 @@ def spec_split(spec: pb.RunSpec, task: Task) -> FederatedSplit | None:
     columns = None
     if spec.dataset_sha256:  # a file: the coordinator's, or nothing
         path = Path(spec.dataset)
-        if not path.is_file():
+        if not path.exists():
             raise ValueError(f"data: the run federates {path}, which this machine does not "
                              f"have; pass --data FILE to train on a file of your own")
-        if file_sha256(path) != spec.dataset_sha256:
+        if tree_sha256(path) != spec.dataset_sha256:
             raise ValueError(f"data: {path} is not the file the coordinator federates (sha256 "
                              f"differs); pass --data FILE to train on a file of your own")
         columns = columns_from(spec.columns)

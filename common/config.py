@@ -68,7 +68,8 @@ class TrainingConfig(Strict):
 
 
 class DataConfig(Strict):
-    dataset: str = Field("trec", description="'trec' (built-in) or a CSV/JSON/JSONL file path")
+    dataset: str = Field("trec", description="'trec' (built-in), or a CSV/JSON/JSONL/Parquet file "
+                                             "or save_to_disk folder")
     text_column: str = Field("text", description="classification: the input text's column")
     label_column: str = Field("label", description="classification: the label's column")
     prompt_column: str = Field("prompt", description="causal-lm: the instruction's column")
@@ -325,7 +326,7 @@ class ClientConfig(Strict):
     key: str = Field("", description="its private key")
     insecure: bool = Field(False, description="plaintext to the coordinator (logged as a warning)")
     model: str = Field("", description="local folder of the run's model; '' = as the run says")
-    data: str = Field("", description="this client's own CSV/JSON/JSONL; '' = its built-in shard")
+    data: str = Field("", description="this client's own CSV/JSON/JSONL/Parquet file or save_to_disk folder; '' = its built-in shard")
     text_column: str = "text"
     label_column: str = "label"
     prompt_column: str = "prompt"

@@ -8,11 +8,12 @@ the coordinator never ships data and a client's shard depends only on its partit
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -58,47 +59,85 @@ def load_trec() -> Dataset:
     return Dataset(texts, [index[by_text[t]] for t in texts], names)
 
 
-def read_rows(path: Path) -> list:
-    """The rows of a CSV, JSON (list of objects) or JSONL file, as parsed."""
-    if not path.is_file():
+# a data file's suffix -> the Hugging Face ``datasets`` builder that reads it; a folder is one
+# written by ``Dataset.save_to_disk``
+FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FILE_KINDS = "CSV, JSON, JSONL, Parquet or a save_to_disk folder"
+
+
+def _load_table(path: Path):
+    """The file as a ``datasets.Dataset`` held in memory. ``datasets`` is imported here, not at
+    module load: it pulls in pandas and pyarrow, which only processes reading a file need. The
+    builders' cache goes to a folder of this call's own (no shared cache to race on between
+    processes reading one file, nothing left in the home folder), and no builder can reach
+    the network (there is none at run time)."""
+    builder = "save_to_disk folder" if path.is_dir() else FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(f"data file {path}: unsupported type {path.suffix!r} (the data is read "
+                         f"as {FILE_KINDS})")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        if path.is_dir():
+            table = datasets.load_from_disk(str(path), keep_in_memory=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="fedlora-data-") as cache:
+                table = datasets.load_dataset(builder, data_files=str(path), split="train",
+                                              cache_dir=cache, keep_in_memory=True)
+    except Exception as e:  # the builders' parser errors (pyarrow, pandas) have no common base
+        if "corresponds to no data" in str(e):  # how a builder says a file holds no rows
+            raise ValueError(f"data file {path}: no rows") from None
+        raise ValueError(f"data file {path}: cannot be read as {builder}: {_first_line(e)}") from None
+    if isinstance(table, datasets.DatasetDict):
+        if len(table) != 1 and "train" not in table:
+            raise ValueError(f"data file {path}: holds splits {list(table)}: save one split, or a "
+                             f"'train' split")
+        table = table["train" if "train" in table else next(iter(table))]
+    return table
+
+
+def read_table(path: Path, columns: Mapping[str, str] = MappingProxyType({})):
+    """A CSV, JSON (a list of objects), JSONL or Parquet file, or a ``save_to_disk`` folder, read
+    with Hugging Face ``datasets``; ``columns`` (config field -> column name) must all be in it.
+    Every failure is one line naming the file (and the column and the field that names it)."""
+    if not path.exists():
         raise FileNotFoundError(f"data file {path}: not found")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(rows, list):
-            raise ValueError(f"data file {path}: expected a list of objects")
-    else:
-        raise ValueError(f"data file {path}: unsupported type {suffix!r} (csv, json, jsonl)")
-    if not rows:
+    table = _load_table(path)
+    if len(table) == 0:
         raise ValueError(f"data file {path}: no rows")
-    return rows
+    for field, name in columns.items():
+        if name not in table.column_names:
+            raise ValueError(f"data file {path}: no column {name!r} ({field}); its columns are "
+                             f"{table.column_names}")
+    return table
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def cell_text(value: object) -> str:
+    """A cell as text; an empty cell (null in Arrow) is the empty string, as in the file."""
+    return "" if value is None else str(value)
 
 
 def read_records(path: Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
-    """(text, label) pairs from a CSV, JSON (list of objects) or JSONL file."""
-    out = []
-    for i, row in enumerate(read_rows(path)):
-        if not isinstance(row, dict) or text_column not in row or label_column not in row:
-            raise ValueError(
-                f"data file {path}: row {i} lacks column {text_column!r} or {label_column!r}"
-            )
-        out.append((str(row[text_column]), str(row[label_column])))
-    return out
+    """(text, label) pairs from a data file (:func:`read_table`)."""
+    table = read_table(path, {"text_column": text_column, "label_column": label_column})
+    labels = table[label_column]
+    if None in labels:
+        raise ValueError(f"data file {path}: row {labels.index(None)} has no value in column "
+                         f"{label_column!r} (label_column)")
+    return [(cell_text(t), str(lab)) for t, lab in zip(table[text_column], labels, strict=True)]
 
 
 def column_values(path: Path, column: str) -> list[object]:
     """Every row's value of ``column`` (the natural federation's key), in file order."""
-    out = []
-    for i, row in enumerate(read_rows(path)):
-        if not isinstance(row, dict) or column not in row:
-            raise ValueError(f"data file {path}: row {i} lacks column {column!r} (data.partition_column)")
-        out.append(row[column])
-    return out
+    return list(read_table(path, {"data.partition_column": column})[column])
 
 
 def load_file(path: Path, text_column: str, label_column: str,
@@ -109,7 +148,8 @@ def load_file(path: Path, text_column: str, label_column: str,
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted({lab for _, lab in records if lab not in index})
     if unknown:
-        raise ValueError(f"data file {path}: labels {unknown[:5]} are not among the run's {names}")
+        raise ValueError(f"data file {path}: column {label_column!r} holds labels {unknown[:5]} "
+                         f"that are not among the run's {names}")
     return Dataset([t for t, _ in records], [index[lab] for _, lab in records], names)
 
 

@@ -107,6 +107,18 @@ def file_sha256(path: Path) -> str:
             return hashlib.sha256(view).hexdigest()
 
 
+def tree_sha256(path: Path) -> str:
+    """A file's sha256, or a folder's (a ``save_to_disk`` data set): the sha256 of each file's
+    name relative to the folder and digest, in name order, so a folder is checked as one thing
+    and a renamed, added or changed file changes it."""
+    if not path.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
 def write_atomic(path: Path, data: bytes | str | Callable[[BinaryIO], object]) -> Path:
     """Writes ``path`` whole or not at all: a temporary file in the same folder, synced, then
     renamed over it; on failure ``path`` is as it was and no temporary file is left. ``data``

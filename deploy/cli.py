@@ -65,7 +65,7 @@ CLIENT_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--id", "client_id", str, "this client's id"),
     ("--token", "token", str, "this client's token"),
     ("--model", "model", str, "local folder of the run's model ('' = as the run says)"),
-    ("--data", "data", str, "this client's own CSV/JSON/JSONL (default: its built-in shard)"),
+    ("--data", "data", str, "this client's own CSV/JSON/JSONL/Parquet file or save_to_disk folder (default: its built-in shard)"),
     ("--state-dir", "state_dir", str, "folder for state kept across rounds"),
     ("--threads", "threads", int, "torch threads (0 = default)"),
     ("--device", "device", str, "auto, cpu, cuda, cuda:N"),

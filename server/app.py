@@ -22,7 +22,7 @@ from fedlora.common.channel import grpc_options
 from fedlora.common.config import ConfigError, DataConfig, ServerConfig, public_config
 from fedlora.common.data import BUILTIN_SETS, SplitPlan
 from fedlora.common.model import AdaptedModel
-from fedlora.common.storage import StorageError, atomic_dir, file_sha256, prepare_dir, reason, write_atomic
+from fedlora.common.storage import StorageError, atomic_dir, tree_sha256, prepare_dir, reason, write_atomic
 from fedlora.common.tasks import Task, get_task
 from fedlora.common.tasks.base import COLUMN_FIELDS
 from fedlora.common.wire.protocol import MAX_MESSAGE_BYTES
@@ -52,7 +52,7 @@ def spec_data_fields(data: DataConfig, plan: SplitPlan, federated: bool) -> dict
                               "partition_column": plan.column}
     if data.dataset not in BUILTIN_SETS:
         path = Path(data.dataset).resolve()
-        fields.update(dataset=str(path), dataset_sha256=file_sha256(path),
+        fields.update(dataset=str(path), dataset_sha256=tree_sha256(path),
                       columns={k: getattr(data, k) for k in COLUMN_FIELDS})
     return fields
 

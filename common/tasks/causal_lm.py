@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedlora.common.data import TREC, load_trec, read_rows
+from fedlora.common.data import TREC, load_trec, read_table
 from fedlora.common.evaluate import EvalOptions, Score
 from fedlora.common.model import DEFAULT_MODEL, packaged_file, quiet_transformers
 from fedlora.common.tasks.base import Batch, Columns, Task, evaluated_rows
@@ -128,20 +128,25 @@ def _messages(value: Any, where: str) -> Messages:
 def load_conversations(path: Path, columns: Columns) -> Conversations:
     """A user file: rows with prompt and response columns, or a messages column in chat format
     (the last message, the assistant's, is the response; the ones before it the prompt)."""
-    rows = read_rows(path)
+    table = read_table(path)
+    names = set(table.column_names)
+    pair = columns.prompt_column in names and columns.response_column in names
+    if columns.messages_column not in names and not pair:
+        raise ValueError(f"data file {path}: no column {columns.messages_column!r} "
+                         f"(messages_column) and not both {columns.prompt_column!r} and "
+                         f"{columns.response_column!r} (prompt_column, response_column); its "
+                         f"columns are {table.column_names}")
     prompts, responses = [], []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(table):
         where = f"data file {path}: row {i}"
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected an object")
-        if columns.messages_column in row and row[columns.messages_column] not in (None, ""):
+        if row.get(columns.messages_column) not in (None, ""):
             msgs = _messages(row[columns.messages_column], f"{where}: {columns.messages_column}")
             if len(msgs) < 2 or msgs[-1]["role"] != "assistant":
                 raise ValueError(f"{where}: {columns.messages_column} must end with an assistant "
                                  f"message after at least one other")
             prompts.append(msgs[:-1])
             responses.append(msgs[-1]["content"])
-        elif columns.prompt_column in row and columns.response_column in row:
+        elif pair and row[columns.prompt_column] is not None and row[columns.response_column] is not None:
             prompts.append([{"role": "user", "content": str(row[columns.prompt_column])}])
             responses.append(str(row[columns.response_column]))
         else:

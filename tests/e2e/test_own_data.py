@@ -1,6 +1,7 @@
 """`fedlora run --data FILE` federates a file nobody split by hand: the coordinator keeps the
 test split and each of the 3 client processes trains on its shard of the rest (IID, Dirichlet
-over labels, or grouped by a column's values), for classification and for a causal LM."""
+over labels, or grouped by a column's values), for classification and for a causal LM. Files
+are CSV, Parquet, JSONL or a folder written by ``datasets``' ``save_to_disk``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import subprocess
 import sys
 from collections import Counter
+
+import datasets
 
 from fedlora.common.data import train_test_split
 from procs import records
@@ -49,8 +52,14 @@ def _shards_logged(run_dir) -> list[int]:
     return json.loads(line[line.index("shards [") + 7:])
 
 
+def _table(tmp_path) -> datasets.Dataset:
+    return datasets.load_dataset("csv", data_files=str(_csv(tmp_path / "mine.csv")), split="train")
+
+
 def test_iid_gives_three_shards_of_the_training_rows_one_apart_in_size(tmp_path, tiny_model):
-    run_dir = _run(tmp_path, tiny_model, _csv(tmp_path / "mine.csv"), "--partition", "iid")
+    parquet = tmp_path / "mine.parquet"
+    _table(tmp_path).to_parquet(str(parquet))
+    run_dir = _run(tmp_path, tiny_model, parquet, "--partition", "iid")
     train, _ = train_test_split(ROWS, 0.1, 3)
     shards = _shards_logged(run_dir)
     assert sum(shards) == len(train) and max(shards) - min(shards) <= 1
@@ -88,3 +97,11 @@ def test_a_causal_lm_file_is_federated_the_same_way(tmp_path, tiny_llama):
     assert sorted(_shards_logged(run_dir)) == [18, 18, 18]
     rnd = [r for r in records(run_dir, "round") if r["round"] == 1][0]
     assert rnd["accepted"] == 3 and rnd["test_loss"] > 0
+
+
+def test_a_save_to_disk_folder_is_federated_and_each_client_checks_it(tmp_path, tiny_model):
+    folder = tmp_path / "saved"
+    _table(tmp_path).save_to_disk(str(folder))
+    run_dir = _run(tmp_path, tiny_model, folder, "--partition", "iid")
+    assert sum(_shards_logged(run_dir)) == len(train_test_split(ROWS, 0.1, 3)[0])
+    assert len(_weights(run_dir)) == 3

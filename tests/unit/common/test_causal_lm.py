@@ -6,6 +6,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 
@@ -88,12 +89,14 @@ def test_split_gives_every_process_the_same_shards_skewed_by_answer_type():
     assert TASK.federated_split("nope", SplitPlan(4, alpha=0.5, test_fraction=0.1, seed=7)) is None
 
 
-def test_prompt_response_rows_from_jsonl_csv_and_json(tmp_path):
+def test_prompt_response_rows_from_jsonl_csv_json_parquet_and_a_saved_folder(tmp_path):
     rows = [{"prompt": "2+2?", "response": "4"}, {"prompt": "Capital of France?", "response": "Paris"}]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "d.csv").write_text("prompt,response\n2+2?,4\nCapital of France?,Paris\n")
     (tmp_path / "d.json").write_text(json.dumps(rows))
-    for name in ("d.jsonl", "d.csv", "d.json"):
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    for name in ("d.jsonl", "d.csv", "d.json", "d.parquet", "saved"):
         data = TASK.load_file(tmp_path / name, COLUMNS)
         assert data.responses == ["4", "Paris"]
         assert data.prompts[1] == [{"role": "user", "content": "Capital of France?"}]
@@ -175,3 +178,10 @@ def test_a_gguf_base_loads_as_plain_float_weights_that_save_pretrained_accepts(t
     assert getattr(model.config, "quantization_config", None) is None
     model.save_pretrained(str(tmp_path / "saved"), safe_serialization=True)
     assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+def test_a_file_without_the_conversation_columns_names_them(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"question": "x", "answer": "y"}))
+    with pytest.raises(ValueError, match=r"d.jsonl: no column 'messages' \(messages_column\) and not both "
+                                         r"'prompt' and 'response'"):
+        TASK.load_file(tmp_path / "d.jsonl", COLUMNS)

@@ -1,5 +1,7 @@
-"""The built-in data and the seeded splits: Dirichlet, IID and by a column's values."""
+"""The built-in data, files read through Hugging Face ``datasets``, and the seeded splits:
+Dirichlet, IID and by a column's values."""
 
+import datasets
 import numpy as np
 import pytest
 
@@ -102,5 +104,68 @@ def test_a_file_is_federated_by_its_column_and_a_missing_column_is_named(tmp_pat
     users = column_values(f, "user")
     owned = [{users[i] for i in s} for s in split.shards]
     assert all(len(o) == 1 for o in owned) and set().union(*owned) == {"u0", "u1", "u2"}
-    with pytest.raises(ValueError, match="row 0 lacks column 'site'"):
+    with pytest.raises(ValueError, match=r"no column 'site' \(data.partition_column\)"):
         column_values(f, "site")
+
+
+ROWS = {"text": ["what is a dog?", "who wrote Hamlet?", "where is Paris?"], "label": ["DESC", "HUM", "LOC"]}
+
+
+def test_a_parquet_file_is_read_like_a_csv(tmp_path):
+    datasets.Dataset.from_dict(ROWS).to_parquet(str(tmp_path / "d.parquet"))
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(*ROWS.values())))
+    parquet, csv = load_file(tmp_path / "d.parquet", "text", "label"), load_file(tmp_path / "d.csv", "text", "label")
+    assert parquet == csv and parquet.texts == ROWS["text"] and parquet.label_names == ["DESC", "HUM", "LOC"]
+
+
+def test_a_save_to_disk_folder_is_read_and_a_dataset_dict_gives_its_train_split(tmp_path):
+    datasets.Dataset.from_dict(ROWS).save_to_disk(str(tmp_path / "one"))
+    half = datasets.Dataset.from_dict({k: v[:1] for k, v in ROWS.items()})
+    datasets.DatasetDict(train=datasets.Dataset.from_dict(ROWS), test=half).save_to_disk(str(tmp_path / "dict"))
+    assert load_file(tmp_path / "one", "text", "label").texts == ROWS["text"]
+    assert load_file(tmp_path / "dict", "text", "label").texts == ROWS["text"]
+
+
+def test_a_folder_of_several_splits_without_train_is_refused_naming_them(tmp_path):
+    half = datasets.Dataset.from_dict({k: v[:1] for k, v in ROWS.items()})
+    datasets.DatasetDict(a=half, b=half).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(ValueError, match=r"dict: holds splits \['a', 'b'\]"):
+        load_file(tmp_path / "dict", "text", "label")
+
+
+def test_a_missing_column_names_the_file_the_column_and_its_field(tmp_path):
+    datasets.Dataset.from_dict(ROWS).to_parquet(str(tmp_path / "d.parquet"))
+    with pytest.raises(ValueError, match=r"d.parquet: no column 'category' \(label_column\); its columns are"):
+        load_file(tmp_path / "d.parquet", "text", "category")
+
+
+def test_an_empty_label_is_refused_naming_the_row_and_column(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\na,X\nb,\n")
+    with pytest.raises(ValueError, match="d.csv: row 1 has no value in column 'label'"):
+        load_file(tmp_path / "d.csv", "text", "label")
+
+
+@pytest.mark.parametrize("name, body, why", [
+    ("d.txt", "text,label\n", "unsupported type '.txt'"),
+    ("d.parquet", "not parquet", "cannot be read as parquet: "),
+    ("d.jsonl", '{"text": "a", "label": "X"}\n{"text": ', "cannot be read as json: "),
+    ("d.csv", "text,label\n", "no rows"),
+])
+def test_an_unreadable_file_is_one_line_naming_it(tmp_path, name, body, why):
+    (tmp_path / name).write_text(body)
+    with pytest.raises(ValueError, match=why) as e:
+        load_file(tmp_path / name, "text", "label")
+    assert str(e.value).startswith(f"data file {tmp_path / name}: ") and "\n" not in str(e.value)
+
+
+def test_a_file_with_a_header_and_no_rows_is_refused(tmp_path):
+    datasets.Dataset.from_dict({"text": [], "label": []}).to_parquet(str(tmp_path / "d.parquet"))
+    with pytest.raises(ValueError, match="d.parquet: no rows"):
+        load_file(tmp_path / "d.parquet", "text", "label")
+
+
+def test_reading_a_file_writes_nothing_beside_it_or_in_the_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "d.csv").write_text("text,label\na,X\nb,Y\n")
+    load_file(tmp_path / "d.csv", "text", "label")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]

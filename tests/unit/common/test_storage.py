@@ -8,7 +8,8 @@ import os
 import pytest
 
 from fedlora.common import storage
-from fedlora.common.storage import Appender, Reserve, StorageError, atomic_dir, prepare_dir, write_atomic
+from fedlora.common.storage import (Appender, Reserve, StorageError, atomic_dir, file_sha256, prepare_dir,
+                                    tree_sha256, write_atomic)
 
 
 def _fail_writes(monkeypatch, err: int, after: int = 0):
@@ -113,3 +114,16 @@ def test_reserve_holds_room_until_released(tmp_path):
                                          (errno.EACCES, "permission denied")])
 def test_reasons_are_words_an_operator_acts_on(code, words):
     assert storage.reason(OSError(code, os.strerror(code))) == words
+
+
+def test_a_folders_digest_changes_with_any_file_name_or_content_in_it(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a").write_text("x")
+    (tmp_path / "d" / "sub" / "b").write_text("y")
+    first = tree_sha256(tmp_path / "d")
+    assert tree_sha256(tmp_path / "d") == first and tree_sha256(tmp_path / "d" / "a") == file_sha256(tmp_path / "d" / "a")
+    (tmp_path / "d" / "sub" / "b").write_text("z")
+    assert tree_sha256(tmp_path / "d") != first
+    (tmp_path / "d" / "sub" / "b").write_text("y")
+    (tmp_path / "d" / "sub" / "b").rename(tmp_path / "d" / "sub" / "c")
+    assert tree_sha256(tmp_path / "d") != first
