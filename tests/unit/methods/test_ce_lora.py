@@ -54,7 +54,9 @@ def test_class_stats_noise_is_secret_not_the_round_seeds(tiny_model):
     assert not torch.equal(a, b)
     present = clean.abs().sum(dim=1) > 0
     noise = (a - clean)[present]
-    assert 0.4 < float(noise.std()) < 0.6
+    # secret draws, so the bound must hold for any: ~100 values (3 classes x hidden 32) give a
+    # sample std within 0.5 +- 0.036 (one sigma); +-0.15 is over 4 sigma (0.4..0.6 failed ~1 in 200)
+    assert 0.35 < float(noise.std()) < 0.65
 
 
 def test_without_classes_the_statistics_are_one_mean_prompt_embedding(tiny_llama):
