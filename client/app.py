@@ -15,6 +15,7 @@ from fedlora import methods
 from fedlora.client import distributed
 from fedlora.client.hooks import ClientContext, ClientHooks
 from fedlora.client.privacy import BudgetExhausted, PrivacyLedger, ledger_path
+from fedlora.client.progress import Bars
 from fedlora.client.roundstate import RoundStore
 from fedlora.client.trainer import train_local
 from fedlora.client.transport import Connection, CoordinatorError, CoordinatorLost, TransferFailed
@@ -78,6 +79,7 @@ class Client:
                                coordinator_timeout_s=cfg.coordinator_timeout_s,
                                connect_timeout_s=cfg.connect_timeout_s)
         self.meter = InterfaceMeter(cfg.server)
+        self.bars = Bars.for_stderr()  # a terminal's bars; a log file gets one line per round
         self.am: AdaptedModel | None = None
         self._adapter_key = b""
         self._held: tuple[str, dict[str, torch.Tensor]] | None = None  # (digest, global tensors)
@@ -198,8 +200,8 @@ class Client:
                 log.error("round %d: %s", rnd, e)
                 self.conn.report(rnd, {"dp_epsilon": ledger.epsilon()}, decline=str(e))
                 return
-            log.info("round %d: DP-SGD, noise %.3f, clip %g, epsilon after this round %.3f", rnd,
-                     ledger.noise_multiplier, ledger.clip_norm, eps_after)
+            log.debug("round %d: DP-SGD, noise %.3f, clip %g, epsilon after this round %.3f", rnd,
+                      ledger.noise_multiplier, ledger.clip_norm, eps_after)
         assert self.hooks is not None, "play before join"
         am = self._model_for(plan.adapter)
         t_round = time.perf_counter()
@@ -211,15 +213,17 @@ class Client:
         if keep:
             am.load_state(self._kept_before(rnd, am, keep))
         trained = am.set_trainable(list(plan.train), list(plan.freeze))
-        log.info("round %d: training %d tensors on %d examples%s", rnd, len(trained), len(self.train_data),
-                 "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())))
+        log.debug("round %d: training %d tensors on %d examples%s", rnd, len(trained), len(self.train_data),
+                  "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())))
         after_backward = self.hooks.before_training(plan, am)
         if self.ctx is not None:  # the other ranks train the same model on their rows
             distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
-        metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
-                              round_seed(self.spec.seed, rnd, self.cfg.client_id), self.device, ledger,
-                              after_backward, self.ctx, task=self.task,
-                              checkpointing=self.cfg.checkpointing(self.device))
+        with self.bars.stage(f"round {rnd} training", steps_per_round(plan.training, len(self.train_data)),
+                             "steps") as on_step:
+            metrics = train_local(am, self.train_data, self.tokenizer, plan.training, self.spec.max_length,
+                                  round_seed(self.spec.seed, rnd, self.cfg.client_id), self.device, ledger,
+                                  after_backward, self.ctx, task=self.task,
+                                  checkpointing=self.cfg.checkpointing(self.device), on_step=on_step)
         if ledger is not None:
             ledger.record(steps_per_round(plan.training, len(self.train_data)))
             metrics.update(dp_epsilon=ledger.epsilon(), dp_delta=ledger.delta,
@@ -244,7 +248,8 @@ class Client:
                                  plan.upload_codec)
         write_atomic(self.state_dir / "last-upload.safetensors", blob.data)  # what was sent, as sent
         before = self.meter.read()
-        up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
+        with self.bars.stage(f"round {rnd} upload", blob.size) as on_bytes:
+            up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES, on_bytes)
         iface_up = self.meter.delta(before, self.meter.read())
         metrics.update({f"local_{k}": float(v) for k, v in score.extra.items()})  # e.g. perplexity
         metrics.update(local_accuracy=score.accuracy, local_loss=score.loss,
@@ -259,9 +264,10 @@ class Client:
             if c is not None:
                 metrics[f"iface_{key}_rx_bytes"], metrics[f"iface_{key}_tx_bytes"] = float(c.rx), float(c.tx)
         self.conn.report(rnd, metrics, self.hooks.round_profile(plan, metrics, down, up))
-        log.info("round %d: loss %.4f, local accuracy %.4f, up %d B (%d on gRPC) in %.2fs, round %.1fs",
-                 rnd, metrics["train_loss"], score.accuracy, up.payload_bytes, up.grpc_bytes,
-                 up.seconds, time.perf_counter() - t_round)
+        log.info("round %d: loss %.4f, local accuracy %.4f; down %s; up %s; round %.1fs%s", rnd,
+                 metrics["train_loss"], score.accuracy, _moved(down) if down.payload_bytes else
+                 "none (global state held)", _moved(up), time.perf_counter() - t_round,
+                 "" if ledger is None else f"; DP-SGD epsilon {ledger.epsilon():.3f}")
 
     def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:
         """The run's ledger: a resumed run (same run id) goes on from it, a new run starts its
@@ -299,17 +305,19 @@ class Client:
         return blob
 
     def _global_state(self, rnd: int, ref: pb.BlobRef):
-        if self._held is not None and self._held[0] == ref.digest:
-            log.info("round %d: global state %s already held; download skipped", rnd, ref.version)
+        if self._held is not None and self._held[0] == ref.digest:  # a redone round: same state
             return self._held[1], TransferStats()
         before = self.meter.read()
-        data, stats = self.conn.download(rnd, ref)
+        with self.bars.stage(f"round {rnd} download", ref.size) as on_bytes:
+            data, stats = self.conn.download(rnd, ref, on_bytes)
         stats.iface = self.meter.delta(before, self.meter.read())
         tensors, _meta = unpack(data)
         self._held = (ref.digest, tensors)
-        log.info("round %d: downloaded %d B (%d on gRPC) in %.2fs", rnd, stats.payload_bytes,
-                 stats.grpc_bytes, stats.seconds)
         return tensors, stats
+
+
+def _moved(stats: TransferStats) -> str:
+    return f"{stats.payload_bytes} B ({stats.grpc_bytes} on gRPC) in {stats.seconds:.2f}s"
 
 
 def spec_split(spec: pb.RunSpec, task: Task) -> FederatedSplit | None:

@@ -53,7 +53,8 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
                 seed: int, device: torch.device, ledger: PrivacyLedger | None = None,
                 after_backward: Callable[[], None] | None = None,
                 ctx: DistContext | None = None, *, task: Task,
-                checkpointing: bool = False) -> dict[str, float]:
+                checkpointing: bool = False, on_step: Callable[[int], None] | None = None
+                ) -> dict[str, float]:
     """Runs the plan's local steps; with a ledger, DP-SGD (per-sample clipping + noise).
     ``task`` collates ``data`` and scores the model's logits.
 
@@ -142,6 +143,8 @@ def train_local(am: AdaptedModel, data: Rows, tokenizer, t: pb.LocalTraining, ma
             opt.step()
             opt.zero_grad(set_to_none=True)
             done += 1
+            if on_step is not None:  # a progress bar: steps done of steps_per_round
+                on_step(done)
             seen += int(weight * len(targets))
             loss_sum += weight * loss.item() * len(targets)
     finally:

@@ -272,7 +272,10 @@ class Connection:
         return self.call("probe", up), self.call("probe", down)
 
     # ------------------------------------------------------------------ download
-    def download(self, rnd: int, ref: pb.BlobRef) -> tuple[bytes, TransferStats]:
+    def download(self, rnd: int, ref: pb.BlobRef,
+                 on_bytes: Callable[[int], None] | None = None) -> tuple[bytes, TransferStats]:
+        """Fetches the plan's blob whole, resuming at the bytes held after errors; ``on_bytes``
+        hears how many are held after each chunk (a progress bar)."""
         buf = bytearray()
         stats = TransferStats()
         progress = Progress(self._clock)
@@ -293,6 +296,8 @@ class Connection:
                         break
                     buf.extend(chunk.data)
                     stats.payload_bytes += len(chunk.data)
+                    if on_bytes is not None:
+                        on_bytes(len(buf))
                     progress.mark()
                     self._heard()
                     backoff.reset()
@@ -310,10 +315,12 @@ class Connection:
             self._pause("download", why, backoff, progress)
 
     # ------------------------------------------------------------------ upload
-    def upload(self, rnd: int, blob: Blob, chunk_bytes: int) -> TransferStats:
+    def upload(self, rnd: int, blob: Blob, chunk_bytes: int,
+               on_bytes: Callable[[int], None] | None = None) -> TransferStats:
         """Streams ``blob``, resuming from the coordinator's acknowledged offset after errors.
         Progress is that offset growing; a stream that broke after running a while gives the
-        status call after it a full ``no_progress_timeout_s`` too."""
+        status call after it a full ``no_progress_timeout_s`` too. ``on_bytes`` hears the
+        offset each chunk sent reaches (a progress bar)."""
         stats = TransferStats()
         grew = Progress(self._clock)    # the acknowledged offset last grew
         active = Progress(self._clock)  # ... or a stream last ended
@@ -340,7 +347,8 @@ class Connection:
             t0 = time.perf_counter()
             session = self.session
             try:
-                reply = self.stub.Upload(self._chunks(rnd, blob, chunk_bytes, start, stats, session),
+                reply = self.stub.Upload(self._chunks(rnd, blob, chunk_bytes, start, stats, session,
+                                                      on_bytes),
                                          timeout=None, metadata=session_metadata(session))
                 stats.grpc_bytes += reply.ByteSize()
                 self._heard()
@@ -355,7 +363,7 @@ class Connection:
                 active.mark()
 
     def _chunks(self, rnd: int, blob: Blob, chunk_bytes: int, start: int, stats: TransferStats,
-                session: str) -> Iterator[pb.UploadChunk]:
+                session: str, on_bytes: Callable[[int], None] | None) -> Iterator[pb.UploadChunk]:
         first = True
         for off, data in iter_chunks(blob.data, chunk_bytes, start):
             msg = pb.UploadChunk(offset=off, data=data, digest=sha256(data))
@@ -366,3 +374,5 @@ class Connection:
             stats.grpc_bytes += msg.ByteSize()
             stats.payload_bytes += len(data)
             yield msg
+            if on_bytes is not None:
+                on_bytes(off + len(data))

@@ -10,11 +10,18 @@ full), naming the path.
 
 from __future__ import annotations
 
-import argparse
-import logging
+import os
 import sys
-import warnings
-from typing import Any
+
+# Libraries' own progress bars (transformers' GGUF dequantisation) are noise in a log file. tqdm
+# reads this once, when it is first imported, so it is set before any import that may bring it.
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import warnings  # noqa: E402
+from typing import Any  # noqa: E402
 
 from fedlora import methods
 from fedlora.common.config import ClientConfig, ConfigError, ServerConfig, load_config, parse_override
@@ -226,9 +233,24 @@ LIBRARY_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
 )
 
 
+class _StderrNow(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record, not the one at setup:
+    a client's progress bars (client/progress.py) take stderr over while they are drawn, and
+    log lines then print above the bars instead of through them."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=[_StderrNow()])
     if not verbose:
         for category, message, module in LIBRARY_NOISE:
             warnings.filterwarnings("ignore", message=message, category=category, module=module)

@@ -93,6 +93,17 @@ def _last_uploads(run_dir: Path) -> dict[str, tuple[dict[str, torch.Tensor], flo
     return out
 
 
+def test_each_client_logs_one_line_per_round(federation):
+    """A client's log is read by people: one line per round says what the round did (a
+    terminal gets progress bars instead, client/progress.py)."""
+    run_dir, _ = federation
+    for c in HONEST:
+        lines = (run_dir / "logs" / f"{c}.log").read_text().splitlines()
+        for rnd in (1, 2):
+            about = [ln for ln in lines if f" round {rnd}: " in ln]
+            assert len(about) == 1 and "; down " in about[0] and "; up " in about[0], about
+
+
 def test_global_adapter_is_the_weighted_average_of_the_updates(federation):
     """Clients upload deltas against the round's global state: the new global state is
     that state plus the n_k-weighted mean of the deltas, i.e. the weighted mean of the clients'

@@ -60,4 +60,4 @@ def test_same_global_state_is_not_downloaded_twice(retried):
     by_attempt = {r["attempt"]: r for r in honest}
     assert by_attempt[0]["down"]["payload_bytes"] > 0
     assert by_attempt[1]["down"]["payload_bytes"] == 0
-    assert "already held; download skipped" in (run_dir / "logs" / "client-0.log").read_text()
+    assert "down none (global state held)" in (run_dir / "logs" / "client-0.log").read_text()

@@ -36,11 +36,11 @@ class FakeConnection:
         self.round: Round | None = None
         self.uploads: list[bytes] = []
 
-    def download(self, rnd: int, ref: pb.BlobRef) -> tuple[bytes, TransferStats]:
+    def download(self, rnd: int, ref: pb.BlobRef, on_bytes=None) -> tuple[bytes, TransferStats]:
         assert self.round is not None and self.round.number == rnd
         return self.round.blobs[CID].data, TransferStats()
 
-    def upload(self, rnd: int, blob: Blob, chunk_bytes: int) -> TransferStats:
+    def upload(self, rnd: int, blob: Blob, chunk_bytes: int, on_bytes=None) -> TransferStats:
         self.uploads.append(blob.data)
         return TransferStats()
 

@@ -1,7 +1,10 @@
-"""Library warnings that say nothing to a user stay out of fedlora's logs (shown with -v)."""
+"""Library warnings and progress bars that say nothing to a user stay out of fedlora's logs
+(warnings are shown with -v)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -27,3 +30,14 @@ def _shown(verbose: bool) -> list[str]:
 def test_library_noise_stays_out_unless_verbose(verbose, count):
     shown = _shown(verbose)
     assert len(shown) == count and OURS in shown
+
+
+def test_library_progress_bars_stay_out_of_a_log_file():
+    """transformers draws a tqdm bar while it dequantises a GGUF base: thousands of characters
+    of carriage returns in a client's log file. The CLI turns tqdm off where stderr is not a
+    terminal (before tqdm is first imported, which is when it reads that)."""
+    code = ("import fedlora.deploy.cli\nfrom tqdm.auto import tqdm\n"
+            "for _ in tqdm(range(3), desc='dequantising'): pass\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "dequantising" not in p.stderr
