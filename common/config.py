@@ -165,6 +165,9 @@ class ServerConfig(Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="serve Prometheus metrics at http://<host>:<metrics_port>"
+        "/metrics (plain HTTP, on the gRPC port's host); 0 = off")
     tls: TLSConfig = Field(default_factory=TLSConfig)
     insecure: bool = Field(False, description="serve plaintext (logged as a warning); else TLS is required")
     run_dir: Path = Path("runs/latest")
@@ -249,6 +252,8 @@ class ServerConfig(Strict):
         n = self.clients if isinstance(self.clients, int) else len(self.clients)
         if n < 1:
             raise ValueError("clients: at least one client is needed")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port: {self.metrics_port} is the gRPC port")
         if self.min_clients > n:
             raise ValueError(f"min_clients ({self.min_clients}) exceeds the number of clients ({n})")
         if not isinstance(self.clients, int):

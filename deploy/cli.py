@@ -33,6 +33,8 @@ from fedlora.common.tasks import get_task
 SERVER_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--host", "host", str, "address to bind"),
     ("--port", "port", int, "port to bind (0 = any free port)"),
+    ("--metrics-port", "metrics_port", int, "serve Prometheus metrics at http://HOST:PORT/metrics "
+     "(plain HTTP on --host; 0 = off, the default)"),
     ("--run-dir", "run_dir", str, "run folder for metrics, logs, summary and the adapter"),
     ("--strategy", "strategy", str, "federated method: " + ", ".join(methods.names())),
     ("--model", "model", str, "'default' (the task's built-in base), a local HF folder or (causal-lm) a .gguf file"),

@@ -3,8 +3,9 @@
 # missing, starts dockerd if none answers, builds the base image from debootstrap (no registry
 # needed; kept if it exists), the wheelhouse and the image, runs deploy/docker-compose.yml with
 # the quick overlay (2 rounds, default model and data, 4 clients on shaped links, mutual TLS),
-# and checks the coordinator's summary.json: rounds done, accuracy present, interface bytes > 0
-# for every client both ways. Then a second run whose coordinator container is killed once,
+# scrapes the coordinator's Prometheus endpoint once round 1 is done (a round, 4 clients
+# connected, bytes per client), and checks the coordinator's summary.json: rounds done,
+# accuracy present, interface bytes > 0 for every client both ways. Then a second run whose coordinator container is killed once,
 # after its first round record: it must come back (restart policy, same run folder), its
 # clients survive and join it again, and the run completes with the requested rounds.
 # Everything it started (containers, networks, volumes, dockerd) is removed on exit, failure
@@ -56,6 +57,38 @@ echo "image $IMAGE built ($(( $(date +%s) - t0 ))s so far)"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d
 coordinator="$(compose ps -q coordinator)"
+t_up=$(date +%s)
+# Its Prometheus endpoint, published on 127.0.0.1, scraped during the run: once a round is done
+# it counts the round, the connected clients and every client's bytes.
+while :; do
+  rc=0
+  "$root/.venv/bin/python" - "$out/scrape.txt" <<'PY' || rc=$?
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+NOT_YET = 3
+try:
+    text = urllib.request.urlopen("http://127.0.0.1:9095/metrics", timeout=5).read().decode()
+except OSError:
+    sys.exit(NOT_YET)  # not serving yet
+got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+       for f in text_string_to_metric_families(text) for s in f.samples}
+if got.get(("fedlora_round", ()), 0) < 1:
+    sys.exit(NOT_YET)
+open(sys.argv[1], "w").write(text)
+assert got[("fedlora_clients_connected", ())] == 4, got[("fedlora_clients_connected", ())]
+clients = {dict(k[1])["client"] for k in got if k[0] == "fedlora_bytes_total"}
+assert clients == {f"client-{i}" for i in range(4)}, clients
+print("metrics scraped after round 1: " + ", ".join(
+    f"{k[0]}{dict(k[1]) or ''} {v:g}" for k, v in sorted(got.items()) if k[0] in
+    ("fedlora_round", "fedlora_clients_connected", "fedlora_uploads_total")))
+PY
+  (( rc == 0 )) && break
+  (( rc == 3 )) || { echo "the coordinator's metrics are wrong"; exit 1; }
+  [[ $($DOCKER inspect -f '{{.State.Running}}' "$coordinator") == true ]] || {
+    echo "the coordinator ended before its metrics showed a round"; exit 1; }
+  (( $(date +%s) - t_up < 1500 )) || { echo "no round in the coordinator's metrics within 1500s"; exit 1; }
+  sleep 2
+done
 code="$(timeout 1500 $DOCKER wait "$coordinator")"
 echo "coordinator exited with $code after $(( $(date +%s) - t0 ))s"
 $DOCKER cp "$coordinator:/runs/run/summary.json" "$out/summary.json"

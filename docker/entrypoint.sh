@@ -11,6 +11,7 @@
 #   FEDLORA_CERTS      certificate folder (a volume shared by all containers), default /certs
 #   FEDLORA_CLIENT_IDS coordinator: ids to make client certificates for (comma-separated)
 #   FEDLORA_HOSTS      coordinator: names clients dial it by (default coordinator,localhost,127.0.0.1)
+#   FEDLORA_METRICS_PORT coordinator: serve Prometheus metrics on this port (--metrics-port); unset = off
 #   FEDLORA_SERVER     client/health: coordinator address (default coordinator:50051 / 127.0.0.1:50051)
 #   CLIENT_ID          client: its id
 #   UP_MBIT DOWN_MBIT  client: link rates to shape eth0 to (needs cap NET_ADMIN); unset = unshaped
@@ -43,6 +44,7 @@ case "$role" in
       off) set -- --insecure "$@" ;;
     esac
     [ "${FEDLORA_OPEN_RUN:-0}" = 1 ] && set -- --open-run "$@"
+    [ -n "${FEDLORA_METRICS_PORT:-}" ] && set -- --metrics-port "$FEDLORA_METRICS_PORT" "$@"
     as_fedlora fedlora server --host 0.0.0.0 --port 50051 --run-dir /runs/run "$@" ;;
   client)
     : "${CLIENT_ID:?set CLIENT_ID}"

@@ -1,5 +1,6 @@
-"""The coordinator process: loads the model and test data, serves gRPC, runs the rounds,
-writes the run folder (metrics, summary, final adapter, the journal it resumes from)."""
+"""The coordinator process: loads the model and test data, serves gRPC (and, with
+``metrics_port``, Prometheus metrics), runs the rounds, writes the run folder (metrics,
+summary, final adapter, the journal it resumes from)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from fedlora.server.admission import fixed_counts
 from fedlora.server.arenas import cap_arenas
 from fedlora.server.engine import Engine
 from fedlora.server.journal import Journal
+from fedlora.server.metrics import Metrics
 from fedlora.server.runlog import RunLog, read_records, summarize
 from fedlora.server.calls import Calls
 from fedlora.server.service import CoordinatorService
@@ -58,9 +60,21 @@ def spec_data_fields(data: DataConfig, plan: SplitPlan, federated: bool) -> dict
 
 
 def serve(cfg: ServerConfig) -> int:
-    cls = methods.get(cfg.strategy).strategy  # the name was checked when the config loaded
+    """Runs the coordinator to the end of the run; returns its exit code. The metrics port is
+    bound first, with the config checks: a busy one fails before any work or any write."""
     if (why := cfg.transport_error() or cfg.auth_error()) is not None:
         raise ConfigError(f"config error: {why}")
+    metrics = Metrics()  # counted always, served with metrics_port; fed by the run log
+    if cfg.metrics_port:  # on the gRPC port's host: whoever may reach the coordinator may watch it
+        metrics.serve(cfg.host, cfg.metrics_port)
+    try:
+        return _serve(cfg, metrics)
+    finally:
+        metrics.close()
+
+
+def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
+    cls = methods.get(cfg.strategy).strategy  # the name was checked when the config loaded
     credentials = (server_credentials(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca)
                    if cfg.tls.cert else None)  # read now: a missing file fails before any work
     if cfg.threads:
@@ -70,6 +84,7 @@ def serve(cfg: ServerConfig) -> int:
     resumed = journal.open(cfg)  # refuses a finished run or a changed config, before any write
     # a read-only, misplaced or full folder stops us here (exit 2)
     runlog = RunLog(cfg.run_dir, keep=(resumed.records_bytes, resumed.records_count) if resumed else (0, 0))
+    runlog.observers.append(metrics.observe)
     write_atomic(cfg.run_dir / "config.json", public_config(cfg) + "\n")
 
     task = get_task(cfg.task)
@@ -122,10 +137,11 @@ def serve(cfg: ServerConfig) -> int:
                     shard_sizes=shard_sizes,  # counts a resumed run fixed, from its kept records:
                     fixed_counts=fixed_counts(read_records(runlog.metrics_path)) if resumed else None)
     runlog.on_error = engine.fail  # a disk that fills mid-run ends the run, with its reason
+    metrics.count_connected(engine.sessions.connected)
     calls = Calls(cfg.stream_idle_s)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=Calls.pool_size(len(entries))),
                          options=server_options())
-    pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine, calls), server)
+    pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine, calls, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if cfg.open_run:

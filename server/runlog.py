@@ -40,23 +40,44 @@ class RunLog:
         self.t0 = time.time()
         self.error = ""  # why the folder stopped taking records ("" while it takes them)
         self.on_error: Callable[[str], None] | None = None  # told once, outside the lock
+        # told every record, outside the lock, whether or not the disk took it (the metrics
+        # served while the run goes on, server/metrics.py); one that raises is dropped
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     def write(self, record_type: str, **fields: Any) -> dict[str, Any]:
-        """Appends a record; if the disk refuses it, the run folder has failed (:meth:`fail`);
-        records after that are dropped and the caller goes on."""
+        """Appends a record and tells the observers; if the disk refuses it, the run folder
+        has failed (:meth:`fail`); records after that are dropped and the caller goes on."""
         rec = {"type": record_type, "time": round(time.time() - self.t0, 3), **fields}
-        line = (json.dumps(rec, default=_jsonable) + "\n").encode("utf-8")
+        why = self._append((json.dumps(rec, default=_jsonable) + "\n").encode("utf-8"))
+        self._tell(rec)
+        if why:
+            self.fail(why)
+        return rec
+
+    def _append(self, line: bytes) -> str:
+        """Why the record could not be kept ("" once it is, or when the folder already failed)."""
         with self._lock:
             if self.error:
-                return rec
+                return ""
             try:
                 self._f.append(line)
                 self.count += 1
-                return rec
+                return ""
             except StorageError as e:
-                why = f"run folder {self.dir}: cannot write {self.metrics_path.name}: {e.why}"
-        self.fail(why)
-        return rec
+                return f"run folder {self.dir}: cannot write {self.metrics_path.name}: {e.why}"
+
+    def _tell(self, rec: dict[str, Any]) -> None:
+        """Every observer sees the record; a failing observer is logged once and dropped: a
+        watcher of the run never stops it."""
+        for fn in list(self.observers):
+            try:
+                fn(rec)
+            except Exception:
+                with self._lock:
+                    if fn not in self.observers:  # another thread dropped it meanwhile
+                        continue
+                    self.observers.remove(fn)
+                log.exception("run log observer %r failed on a %r record: dropped", fn, rec["type"])
 
     def fail(self, why: str) -> None:
         """The run folder cannot be written: give back the reserve (room for the summary and

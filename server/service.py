@@ -10,7 +10,9 @@ heartbeat marks its client as heard (:mod:`.sessions`).
 Nothing waits on an unauthenticated peer: a streaming call (Upload, ProbeUpload) carries its
 session in the call metadata (:data:`SESSION_METADATA`), checked before the handler reads, and
 so waits, for the first message; without a known session it is refused UNAUTHENTICATED at once.
-The calls that hold a thread are bounded per client and idle streams cancelled (:mod:`.calls`)."""
+The calls that hold a thread are bounded per client and idle streams cancelled (:mod:`.calls`).
+An upload refused is counted by the status sent (:mod:`.metrics`): the run log records the
+accepted updates and the final refusals, not every refused call."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.calls import Calls
 from fedlora.server.engine import Engine
+from fedlora.server.metrics import Metrics
 from fedlora.common.errors import Refused, Status
 
 log = logging.getLogger("fedlora.server")
@@ -36,17 +39,21 @@ _PROBE_BLOCK = os.urandom(MAX_CHUNK_BYTES)  # incompressible, reused: probes mea
 
 
 class CoordinatorService(pbg.CoordinatorServicer):
-    def __init__(self, engine: Engine, calls: Calls):
+    def __init__(self, engine: Engine, calls: Calls, metrics: Metrics):
         self.engine = engine
         self.sessions = engine.sessions
         self.transfers = engine.transfers
         self.calls = calls
+        self.metrics = metrics
 
-    def _abort(self, context: grpc.ServicerContext, e: Refused, what: str):
+    def _abort(self, context: grpc.ServicerContext, e: Refused, what: str, upload: bool = False):
+        """Ends the call with the refusal's status; ``upload``: an upload refused (counted)."""
         log.warning("%s refused: %s: %s", what, e.code.name, e.message)
+        if upload:
+            self.metrics.upload_refused(e.code)
         context.abort(grpc.StatusCode[e.code.name], e.message)
 
-    def _bound(self, context, session: str) -> None:
+    def _bound(self, context, session: str, upload: bool = False) -> None:
         """Under mutual TLS a session is usable only with the certificate of the client that
         owns it: a client cannot act as another id, even holding its session id."""
         cn = peer_common_name(context)
@@ -55,13 +62,13 @@ class CoordinatorService(pbg.CoordinatorServicer):
         try:
             cid = self.sessions.check_session(session)
         except Refused as e:
-            self._abort(context, e, "call")
+            self._abort(context, e, "call", upload)
         if cid != cn:
             self._abort(context, Refused(Status.PERMISSION_DENIED,
                                          f"certificate is for {cn!r}, the session belongs to another client"),
-                        f"call from {cn!r}")
+                        f"call from {cn!r}", upload)
 
-    def _stream_session(self, context, what: str) -> tuple[str, str]:
+    def _stream_session(self, context, what: str, upload: bool = False) -> tuple[str, str]:
         """(session, client id) from a streaming call's metadata, checked before the stream is
         read: no session, or one nobody holds, is UNAUTHENTICATED at once."""
         session = next((v for k, v in (context.invocation_metadata() or ())
@@ -69,12 +76,12 @@ class CoordinatorService(pbg.CoordinatorServicer):
         if not isinstance(session, str) or not session:
             self._abort(context, Refused(Status.UNAUTHENTICATED,
                                          f"no session in the call metadata ({SESSION_METADATA}): "
-                                         "join first"), what)
-        self._bound(context, session)
+                                         "join first"), what, upload)
+        self._bound(context, session, upload)
         try:
             return session, self.sessions.check_session(session)
         except Refused as e:
-            self._abort(context, e, what)
+            self._abort(context, e, what, upload)
 
     def Join(self, request: pb.JoinRequest, context) -> pb.JoinReply:
         if request.protocol and request.protocol != PROTOCOL:
@@ -143,12 +150,12 @@ class CoordinatorService(pbg.CoordinatorServicer):
 
     def Upload(self, request_iterator, context) -> pb.UploadReply:
         t0 = time.perf_counter()  # the call starts before its first chunk has arrived
-        session, cid = self._stream_session(context, "upload")
+        session, cid = self._stream_session(context, "upload", upload=True)
         try:
             with self.calls.stream(cid, "upload", context.cancel) as st:
                 return self._upload(self.calls.watch(st, request_iterator), context, session, t0)
         except Refused as e:
-            self._abort(context, e, f"upload from {cid!r}")
+            self._abort(context, e, f"upload from {cid!r}", upload=True)
 
     def _upload(self, request_iterator, context, session: str, t0: float) -> pb.UploadReply:
         try:
@@ -156,15 +163,15 @@ class CoordinatorService(pbg.CoordinatorServicer):
         except grpc.RpcError:  # the client hung up, or the stream sat idle and was cancelled
             return pb.UploadReply()
         if first is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream")
-        _same_session(context, first, session)
+            raise Refused(Status.INVALID_ARGUMENT, "empty upload stream")
+        _same_session(first, session)
         rnd = first.round
         try:
             cid = self.engine.admit_upload(first.session_id, rnd, first.total_size,
                                            first.blob_digest)
             part = self.transfers.upload(cid, rnd, first.total_size, first.blob_digest)
         except Refused as e:
-            self._abort(context, e, "upload")
+            self._abort(context, e, "upload", upload=True)
             return pb.UploadReply()
         received = 0
         grpc_bytes = 0
@@ -189,7 +196,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
             grpc_bytes += reply.ByteSize()
             return reply
         except Refused as e:
-            self._abort(context, e, f"upload from {cid!r}")
+            self._abort(context, e, f"upload from {cid!r}", upload=True)
         finally:
             self.transfers.received(cid, rnd, received, grpc_bytes, time.perf_counter() - t0)
 
@@ -211,9 +218,12 @@ class CoordinatorService(pbg.CoordinatorServicer):
         self._bound(context, request.session_id)
         try:
             cid = self.sessions.check_session(request.session_id)
-            self._hand_over(cid, request.round)  # all bytes held, stream broken before its close
         except Refused as e:
             self._abort(context, e, "upload status")
+        try:
+            self._hand_over(cid, request.round)  # all bytes held, stream broken before its close
+        except Refused as e:  # the upload's blob refused
+            self._abort(context, e, "upload status", upload=True)
         return self.transfers.status(cid, request.round)
 
     def Report(self, request: pb.ReportRequest, context) -> pb.ReportReply:
@@ -239,7 +249,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
         first = True
         for msg in request_iterator:
             if first:
-                _same_session(context, msg, session)
+                _same_session(msg, session)
             first = False
             now = time.perf_counter()
             t0 = now if t0 is None else t0
@@ -270,8 +280,8 @@ class CoordinatorService(pbg.CoordinatorServicer):
                 sent += n
 
 
-def _same_session(context, msg, session: str) -> None:
+def _same_session(msg, session: str) -> None:
     """A stream's first message names the session its call metadata was admitted with."""
     if msg.session_id != session:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED,
+        raise Refused(Status.UNAUTHENTICATED,
                       f"the first chunk's session_id is not the call's session ({SESSION_METADATA})")

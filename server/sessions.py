@@ -13,7 +13,9 @@ session is *live* while its client was heard within ``client_timeout_s``:
 
 Locking: the engine's condition is shared, not copied. Every method takes it (it is
 re-entrant), so handler threads may call in directly and the engine may call in while it
-holds it; joins and ends notify it, because the round loop waits on it for clients.
+holds it; joins and ends notify it, because the round loop waits on it for clients. Two
+readers do without it: :meth:`Sessions.heard` (every chunk) and :meth:`Sessions.connected`
+(every metrics scrape).
 """
 
 from __future__ import annotations
@@ -148,6 +150,12 @@ class Sessions:
     def live(self, st: ClientState) -> bool:
         """Holds a session and was heard within the timeout."""
         return bool(st.session) and self.silence(st) <= self.timeout_s
+
+    def connected(self) -> int:
+        """How many clients hold a live session. Without the condition, like :meth:`heard`: the
+        metrics scrape reads it, and a scrape must not wait for an aggregation that holds the
+        condition; a join or an end racing with it shows at the next scrape."""
+        return sum(1 for st in list(self.clients.values()) if self.live(st))
 
     def expire(self) -> list[tuple[str, float]]:
         """Ends the sessions silent past the timeout; ``(client id, seconds silent)`` of each.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -114,6 +115,13 @@ def recorded(run_dir: Path, kind: str, **fields) -> list[dict]:
     except (OSError, ValueError):
         return []
     return [r for r in recs if all(r.get(k) == v for k, v in fields.items())]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free a moment ago, for a process that must be told its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

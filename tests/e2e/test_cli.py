@@ -14,6 +14,7 @@ import pytest
     (["server", "--rounds", "0"], "rounds"),
     (["server", "--strategy", "fedsgd-magic"], "strategy"),
     (["client", "--id", "bad id!"], "client_id"),
+    (["server", "--metrics-port", "70000"], "metrics_port"),
 ])
 def test_cli_bad_config_is_one_line_exit_2(argv, field):
     p = subprocess.run([sys.executable, "-m", "fedlora.deploy.cli", *argv], capture_output=True,

@@ -6,7 +6,6 @@ hold every round once. A finished run folder is refused."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fedlora.server.runlog import read_records
-from procs import finish, start_client, start_server, tail, wait_until
+from procs import finish, free_port, start_client, start_server, tail, wait_until
 
 CLIENTS = ["client-0", "client-1", "client-2"]
 ROUNDS = 3
@@ -28,12 +27,6 @@ def _config(tiny_model: Path, strategy: str, port: int) -> dict:
             "training": {"max_steps": 3, "batch_size": 16, "learning_rate": 0.01},
             # top-k's error feedback is state the clients carry from round to round
             "codec": {"upload": ["topk:0.3", "zstd:3"]}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(what: str, cond, timeout: float, procs: list[subprocess.Popen], log: Path):
@@ -53,7 +46,7 @@ def _fault_free(run_dir: Path, tiny_model: Path, strategy: str) -> Path:
 
 
 def _killed_and_resumed(run_dir: Path, tiny_model: Path, strategy: str) -> dict:
-    config = _config(tiny_model, strategy, _free_port())  # the clients must find it again
+    config = _config(tiny_model, strategy, free_port())  # the clients must find it again
     server, address = start_server(run_dir, config)
     clients = [start_client(run_dir, address, c) for c in CLIENTS]
     coord_log = run_dir / "logs" / "coordinator.log"

@@ -103,3 +103,14 @@ def test_an_unset_partition_splits_the_built_in_set_and_leaves_a_file_to_its_cli
     assert ServerConfig().data.split_plan(4, 0).scheme == "dirichlet"
     plan = load_config(ServerConfig, None, {"data.dataset": "mine.csv"}).data.split_plan(3, 7)
     assert (plan.scheme, plan.num_parts, plan.seed) == ("own", 3, 7)
+
+
+def test_metrics_are_off_by_default_and_a_bad_metrics_port_is_named():
+    assert load_config(ServerConfig, None, {}).metrics_port == 0
+    assert load_config(ServerConfig, None, {"metrics_port": 9095}).metrics_port == 9095
+    with pytest.raises(ConfigError, match=r"metrics_port: Input should be less than or equal to 65535"):
+        load_config(ServerConfig, None, {"metrics_port": 70000})
+    with pytest.raises(ConfigError, match=r"metrics_port: Input should be greater than or equal to 0"):
+        load_config(ServerConfig, None, {"metrics_port": -1})
+    with pytest.raises(ConfigError, match=r"metrics_port: 50051 is the gRPC port"):
+        load_config(ServerConfig, None, {"metrics_port": 50051})

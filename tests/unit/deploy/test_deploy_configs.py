@@ -46,3 +46,18 @@ def test_a_tokens_file_and_a_run_config_load_together(tmp_path):
     cfg = load_config(ServerConfig, [DEPLOY / "demo.yaml", tmp_path / "tokens.yaml"],
                       {"insecure": True})
     assert [e.id for e in cfg.client_entries()] == ["a", "b", "c"] and cfg.auth_error() is None
+
+
+def test_compose_metrics_port_is_published_on_this_host_only_and_scraped():
+    # docker-compose.yml: FEDLORA_METRICS_PORT -> the entrypoint's --metrics-port
+    coordinator = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["coordinator"]
+    port = int(coordinator["environment"]["FEDLORA_METRICS_PORT"])
+    assert coordinator["ports"] == [f"127.0.0.1:{port}:{port}"]
+    cfg = load_config(ServerConfig, DEPLOY / "demo.yaml", {"clients": 4, "port": 50051,
+                                                           "metrics_port": port, **MUTUAL})
+    assert cfg.metrics_port == port
+    scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
+    assert [t for job in scrape for c in job["static_configs"] for t in c["targets"]] == \
+        [f"coordinator:{port}"]
+    entrypoint = (DEPLOY.parent / "docker" / "entrypoint.sh").read_text()
+    assert '--metrics-port "$FEDLORA_METRICS_PORT"' in entrypoint
