@@ -12,13 +12,16 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from fedlora.common.storage import Appender, Reserve, StorageError, prepare_dir, write_atomic
 
 LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes", "iface_bytes")
+DIRECTIONS = ("up", "down")
+
+Record = dict[str, Any]
 
 log = logging.getLogger("fedlora.server")
 
@@ -40,6 +43,9 @@ class RunLog:
         self.t0 = time.time()
         self.error = ""  # why the folder stopped taking records ("" while it takes them)
         self.on_error: Callable[[str], None] | None = None  # told once, outside the lock
+        # told each record the file took, in the file's order (under the lock): views of the
+        # records, such as the TensorBoard event files (server/eventfiles.py)
+        self.observers: list[Callable[[Record], None]] = []
 
     def write(self, record_type: str, **fields: Any) -> dict[str, Any]:
         """Appends a record; if the disk refuses it, the run folder has failed (:meth:`fail`);
@@ -52,9 +58,12 @@ class RunLog:
             try:
                 self._f.append(line)
                 self.count += 1
-                return rec
             except StorageError as e:
                 why = f"run folder {self.dir}: cannot write {self.metrics_path.name}: {e.why}"
+            else:
+                for observe in self.observers:
+                    observe(rec)
+                return rec
         self.fail(why)
         return rec
 
@@ -93,25 +102,33 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+def sum_bytes(clients: Iterable[Record]) -> dict[str, dict[str, int | None]]:
+    """Bytes of ``client`` records summed per direction and level; a level is None when an
+    accepted client could not measure it (interface bytes on shared loopback), as a partial
+    sum would mislead."""
+    totals: dict[str, dict[str, int | None]] = {d: dict.fromkeys(LEVELS, 0) for d in DIRECTIONS}
+    for rec in clients:
+        for d in DIRECTIONS:
+            for lvl in LEVELS:
+                v = (rec.get(d) or {}).get(lvl)
+                if v is None:  # a level not measured
+                    if lvl == "iface_bytes" and rec.get("status") == "accepted":
+                        totals[d][lvl] = None
+                    continue
+                if totals[d][lvl] is not None:
+                    totals[d][lvl] += int(v)
+    return totals
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals from the metrics records: per direction and level, per client, per round."""
     rounds = [r for r in records if r["type"] == "round" and r["round"] > 0]
     clients = [r for r in records if r["type"] == "client"]
-    totals: dict[str, dict[str, int | None]] = {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")}
-    per_client: dict[str, dict[str, dict[str, int | None]]] = defaultdict(
-        lambda: {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")})
+    totals = sum_bytes(clients)
+    by_client: dict[str, list[Record]] = defaultdict(list)
     for rec in clients:
-        for d in ("up", "down"):
-            for lvl in LEVELS:
-                v = (rec.get(d) or {}).get(lvl)
-                if v is None:  # a level not measured (interface bytes on shared loopback)
-                    if lvl == "iface_bytes" and rec.get("status") == "accepted":
-                        totals[d][lvl] = per_client[rec["client"]][d][lvl] = None
-                    continue
-                if totals[d][lvl] is not None:
-                    totals[d][lvl] += int(v)
-                if per_client[rec["client"]][d][lvl] is not None:
-                    per_client[rec["client"]][d][lvl] += int(v)
+        by_client[rec["client"]].append(rec)
+    per_client = {cid: sum_bytes(recs) for cid, recs in by_client.items()}
     initial = next((r for r in records if r["type"] == "round" and r["round"] == 0), {})
     last = rounds[-1] if rounds else {}
     return {
@@ -129,7 +146,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "wire_overhead": {d: (round(totals[d]["iface_bytes"] / totals[d]["payload_bytes"], 4)
                               if totals[d]["iface_bytes"] and totals[d]["payload_bytes"] else None)
                           for d in ("up", "down")},
-        "per_client": dict(per_client),
+        "per_client": per_client,
         "wall_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
     }
 
