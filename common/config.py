@@ -171,6 +171,8 @@ class ServerConfig(Strict):
     tls: TLSConfig = Field(default_factory=TLSConfig)
     insecure: bool = Field(False, description="serve plaintext (logged as a warning); else TLS is required")
     run_dir: Path = Path("runs/latest")
+    tensorboard: bool = Field(True, description="write TensorBoard event files of the rounds "
+                              "in <run_dir>/tensorboard/ (`tensorboard --logdir runs/`)")
     strategy: str = Field(methods.DEFAULT, description="the federated method (fedlora.methods)")
     model: str = Field("default", description="'default' (the task's built-in base: "
                        "all-MiniLM-L6-v2; causal-lm: SmolLM2-135M-Instruct GGUF), a local HF "

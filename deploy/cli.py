@@ -178,9 +178,15 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--up-mbit", type=float, default=0.0)
     sh.add_argument("--down-mbit", type=float, default=0.0)
 
-    rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, gRPC, wire",
-                         description="Compare what crossed the wire with the payload, per client and direction.")
+    rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, gRPC, wire; "
+                                         "--plot: PNG charts",
+                         description="Compare what crossed the wire with the payload, per client and "
+                                     "direction; with --plot, draw the run instead: its test metric "
+                                     "by round, by MB and by seconds, and bytes per client and round.")
     rep.add_argument("run_dir", help="a run folder (with metrics.jsonl)")
+    rep.add_argument("--plot", action="store_true",
+                     help="write PNG charts (into RUN_DIR/plots unless --out) and print their paths")
+    rep.add_argument("--out", default=None, help="folder for the --plot charts")
 
     ex = sub.add_parser("export", help="a finished run's model as a merged Hugging Face folder (+ GGUF)",
                         description="Fold the run's final adapter into its base and write a plain "
@@ -301,6 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from pathlib import Path
 
+            if args.plot:
+                from fedlora.deploy.plots import plot
+
+                for path in plot(Path(args.run_dir), Path(args.out) if args.out else None):
+                    print(path)
+                return 0
+            if args.out is not None:
+                raise ConfigError("config error: --out: only with --plot")
             from fedlora.deploy.report import report
 
             return report(Path(args.run_dir))

@@ -32,6 +32,7 @@ from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.admission import fixed_counts
 from fedlora.server.arenas import cap_arenas
 from fedlora.server.engine import Engine
+from fedlora.server.eventfiles import attach
 from fedlora.server.journal import Journal
 from fedlora.server.metrics import Metrics
 from fedlora.server.runlog import RunLog, read_records, summarize
@@ -84,6 +85,7 @@ def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
     resumed = journal.open(cfg)  # refuses a finished run or a changed config, before any write
     # a read-only, misplaced or full folder stops us here (exit 2)
     runlog = RunLog(cfg.run_dir, keep=(resumed.records_bytes, resumed.records_count) if resumed else (0, 0))
+    events = attach(runlog) if cfg.tensorboard else None  # before any record: see eventfiles.py
     runlog.observers.append(metrics.observe)
     write_atomic(cfg.run_dir / "config.json", public_config(cfg) + "\n")
 
@@ -204,6 +206,8 @@ def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.stop(grace=2.0).wait()
     calls.stop()
+    if events is not None:
+        events.close()
     runlog.close()
     log.info("run %s: %s; %s", "failed" if code else "complete",
              summary["error"] or f"final accuracy {summary['final_accuracy']}", where)

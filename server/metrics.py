@@ -32,12 +32,11 @@ from prometheus_client.process_collector import ProcessCollector
 
 from fedlora.common.config import ConfigError
 from fedlora.common.errors import Status
-from fedlora.server.runlog import LEVELS
+from fedlora.server.runlog import DIRECTIONS, LEVELS
 
 log = logging.getLogger("fedlora.server")
 
 PREFIX = "fedlora"
-DIRECTIONS = ("up", "down")
 ACCEPTED = "accepted"
 TEST_FIELD = "test_"  # a round record's evaluation fields: test_accuracy, test_loss, ...
 # a round takes seconds (a tiny model on loopback) to an hour (a large one over slow links)

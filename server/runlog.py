@@ -12,13 +12,16 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from fedlora.common.storage import Appender, Reserve, StorageError, prepare_dir, write_atomic
 
 LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes", "iface_bytes")
+DIRECTIONS = ("up", "down")
+
+Record = dict[str, Any]
 
 log = logging.getLogger("fedlora.server")
 
@@ -40,43 +43,38 @@ class RunLog:
         self.t0 = time.time()
         self.error = ""  # why the folder stopped taking records ("" while it takes them)
         self.on_error: Callable[[str], None] | None = None  # told once, outside the lock
-        # told every record, outside the lock, whether or not the disk took it (the metrics
-        # served while the run goes on, server/metrics.py); one that raises is dropped
-        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        # told each record the file took, in the file's order (under the lock): views of the
+        # records (the TensorBoard event files, server/eventfiles.py; the Prometheus metrics,
+        # server/metrics.py); one that raises is logged and dropped: a view never stops the run
+        self.observers: list[Callable[[Record], None]] = []
 
     def write(self, record_type: str, **fields: Any) -> dict[str, Any]:
         """Appends a record and tells the observers; if the disk refuses it, the run folder
         has failed (:meth:`fail`); records after that are dropped and the caller goes on."""
         rec = {"type": record_type, "time": round(time.time() - self.t0, 3), **fields}
-        why = self._append((json.dumps(rec, default=_jsonable) + "\n").encode("utf-8"))
-        self._tell(rec)
-        if why:
-            self.fail(why)
-        return rec
-
-    def _append(self, line: bytes) -> str:
-        """Why the record could not be kept ("" once it is, or when the folder already failed)."""
+        line = (json.dumps(rec, default=_jsonable) + "\n").encode("utf-8")
         with self._lock:
             if self.error:
-                return ""
+                return rec
             try:
                 self._f.append(line)
                 self.count += 1
-                return ""
             except StorageError as e:
-                return f"run folder {self.dir}: cannot write {self.metrics_path.name}: {e.why}"
+                why = f"run folder {self.dir}: cannot write {self.metrics_path.name}: {e.why}"
+            else:
+                self._tell(rec)
+                return rec
+        self.fail(why)
+        return rec
 
-    def _tell(self, rec: dict[str, Any]) -> None:
-        """Every observer sees the record; a failing observer is logged once and dropped: a
-        watcher of the run never stops it."""
+    def _tell(self, rec: Record) -> None:
+        """Every observer sees the record (under the lock, so in the file's order); a failing
+        observer is logged once and dropped: a view of the run never stops it."""
         for fn in list(self.observers):
             try:
                 fn(rec)
             except Exception:
-                with self._lock:
-                    if fn not in self.observers:  # another thread dropped it meanwhile
-                        continue
-                    self.observers.remove(fn)
+                self.observers.remove(fn)
                 log.exception("run log observer %r failed on a %r record: dropped", fn, rec["type"])
 
     def fail(self, why: str) -> None:
@@ -114,25 +112,33 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+def sum_bytes(clients: Iterable[Record]) -> dict[str, dict[str, int | None]]:
+    """Bytes of ``client`` records summed per direction and level; a level is None when an
+    accepted client could not measure it (interface bytes on shared loopback), as a partial
+    sum would mislead."""
+    totals: dict[str, dict[str, int | None]] = {d: dict.fromkeys(LEVELS, 0) for d in DIRECTIONS}
+    for rec in clients:
+        for d in DIRECTIONS:
+            for lvl in LEVELS:
+                v = (rec.get(d) or {}).get(lvl)
+                if v is None:  # a level not measured
+                    if lvl == "iface_bytes" and rec.get("status") == "accepted":
+                        totals[d][lvl] = None
+                    continue
+                if totals[d][lvl] is not None:
+                    totals[d][lvl] += int(v)
+    return totals
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals from the metrics records: per direction and level, per client, per round."""
     rounds = [r for r in records if r["type"] == "round" and r["round"] > 0]
     clients = [r for r in records if r["type"] == "client"]
-    totals: dict[str, dict[str, int | None]] = {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")}
-    per_client: dict[str, dict[str, dict[str, int | None]]] = defaultdict(
-        lambda: {d: dict.fromkeys(LEVELS, 0) for d in ("up", "down")})
+    totals = sum_bytes(clients)
+    by_client: dict[str, list[Record]] = defaultdict(list)
     for rec in clients:
-        for d in ("up", "down"):
-            for lvl in LEVELS:
-                v = (rec.get(d) or {}).get(lvl)
-                if v is None:  # a level not measured (interface bytes on shared loopback)
-                    if lvl == "iface_bytes" and rec.get("status") == "accepted":
-                        totals[d][lvl] = per_client[rec["client"]][d][lvl] = None
-                    continue
-                if totals[d][lvl] is not None:
-                    totals[d][lvl] += int(v)
-                if per_client[rec["client"]][d][lvl] is not None:
-                    per_client[rec["client"]][d][lvl] += int(v)
+        by_client[rec["client"]].append(rec)
+    per_client = {cid: sum_bytes(recs) for cid, recs in by_client.items()}
     initial = next((r for r in records if r["type"] == "round" and r["round"] == 0), {})
     last = rounds[-1] if rounds else {}
     return {
@@ -150,7 +156,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "wire_overhead": {d: (round(totals[d]["iface_bytes"] / totals[d]["payload_bytes"], 4)
                               if totals[d]["iface_bytes"] and totals[d]["payload_bytes"] else None)
                           for d in ("up", "down")},
-        "per_client": dict(per_client),
+        "per_client": per_client,
         "wall_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
     }
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from procs import records, start_client, start_server, finish, tail
+from tbevents import scalars
 
 
 def _alive(pid: int) -> bool:
@@ -47,6 +48,15 @@ def test_run_starts_one_process_per_role_and_logs_each(tmp_path, tiny_model):
         assert (run_dir / "logs" / f"{name}.log").stat().st_size > 0
     assert not any(_alive(pid) for pid in cluster["pids"].values())
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    # TensorBoard event files: the test metric of each round, bytes per round, a sub-run per client
+    tb = scalars(run_dir / "tensorboard")
+    assert set(tb) == {".", *(f"clients/client-{i}" for i in range(3))}
+    assert [s for s, _ in tb["."]["test/accuracy"]] == [0, 1, 2]
+    assert [s for s, _ in tb["."]["bytes/up/payload_bytes"]] == [1, 2]
+    assert all(v > 0 for _, v in tb["."]["bytes/down/payload_bytes"])
+    for i in range(3):
+        assert [s for s, _ in tb[f"clients/client-{i}"]["client/bytes/up/payload_bytes"]] == [1, 2]
+        assert "client/local_accuracy" in tb[f"clients/client-{i}"]
 
 
 def test_run_task_causal_lm_reports_exact_match_and_perplexity(tmp_path, tiny_llama):
@@ -97,13 +107,15 @@ def test_full_fedavg_moves_updates_larger_than_grpc_message_limit(tmp_path, smal
     server, address = start_server(run_dir, {
         "model": str(small_model), "strategy": "fedavg", "rounds": 1, "clients": 2,
         "min_clients": 2, "training": {"max_steps": 2, "batch_size": 8},
-        "codec": {"upload": [], "download": []}})
+        "codec": {"upload": [], "download": []},
+        "tensorboard": False})  # and no event files when they are turned off
     clients = [start_client(run_dir, address, f"client-{i}") for i in range(2)]
     codes = finish([server, *clients], timeout=600)
     assert codes == [0, 0, 0], tail(run_dir / "logs" / "coordinator.log")
     for rec in records(run_dir, "client"):
         assert rec["status"] == "accepted"
         assert rec["up"]["payload_bytes"] > 4 * 2**20 and rec["down"]["payload_bytes"] > 4 * 2**20
+    assert not (run_dir / "tensorboard").exists()
 
 
 def test_coordinator_serves_standard_grpc_health_and_stops_on_sigterm(tmp_path, tiny_model):

@@ -15,6 +15,7 @@ import pytest
 
 from fedlora.server.runlog import read_records
 from procs import finish, free_port, start_client, start_server, tail, wait_until
+from tbevents import scalars
 
 CLIENTS = ["client-0", "client-1", "client-2"]
 ROUNDS = 3
@@ -113,6 +114,11 @@ def test_each_round_is_recorded_once_and_the_redone_round_is_said(runs):
     assert [(r["completed"], r["round"]) for r in recs if r["type"] == "resume"] == [(1, 2)]
     clients = [(r["round"], r["client"]) for r in recs if r["type"] == "client"]
     assert sorted(clients) == sorted((rnd, c) for rnd in range(1, ROUNDS + 1) for c in CLIENTS)
+    # the event files too: rebuilt from the kept records at the restart, then followed
+    tb = scalars(resumed / "tensorboard")
+    assert [s for s, _ in tb["."]["test/accuracy"]] == list(range(ROUNDS + 1))
+    for c in CLIENTS:
+        assert [s for s, _ in tb[f"clients/{c}"]["client/bytes/up/payload_bytes"]] == list(range(1, ROUNDS + 1))
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["rounds_completed"] == ROUNDS
     assert summary["resumes"] == 1
