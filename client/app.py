@@ -22,6 +22,7 @@ from fedlora.client.transport import Connection, CoordinatorError, CoordinatorLo
 from fedlora.common.config import ClientConfig
 from fedlora.common.data import DIRICHLET, FederatedSplit, SplitPlan, split_local
 from fedlora.common.evaluate import EvalOptions
+from fedlora.common.launch import seconds_since_launch
 from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task, columns_from
@@ -151,15 +152,16 @@ class Client:
         self.spec = reply.spec
         if self.ctx is not None:
             distributed.send("spec", {}, {"spec": self.spec.SerializeToString()})
-        log.info("joined %s as %s (run %s, strategy %s, partition %d)", cfg.server, cfg.client_id,
-                 self.spec.run_id, self.spec.strategy, self.spec.partition)
+        log.info("joined %s as %s (run %s, strategy %s, partition %d), %.1fs after launch", cfg.server,
+                 cfg.client_id, self.spec.run_id, self.spec.strategy, self.spec.partition,
+                 seconds_since_launch())
         self._prepare_data()
         profile = device_profile(self.device, len(self.train_data))
         self.hooks = methods.get(self.spec.strategy).client(ClientContext(
             cfg.client_id, self.spec, self.device, self.state_dir, self.tokenizer, self.train_data,
             self._model_for, self.task))
         self.hooks.on_join(profile)
-        if cfg.probe_bytes:
+        if cfg.probe_bytes and self.spec.probe_link:  # only when the run plans with link rates
             up, down = self.conn.probe(cfg.probe_bytes, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES)
             profile.upload_bytes_per_second, profile.download_bytes_per_second = up, down
             log.info("link probe: up %.2f Mbit/s, down %.2f Mbit/s", up * 8e-6, down * 8e-6)

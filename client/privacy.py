@@ -28,8 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from fedlora.common.storage import write_atomic
 from fedlora.proto.v1 import fedlora_pb2 as pb
@@ -113,6 +111,8 @@ class PrivacyLedger:
             return cls.load(path, run_id)
         sigma = dp.noise_multiplier
         if dp.target_epsilon > 0 and sigma <= 0:
+            from opacus.accountants.utils import get_noise_multiplier  # see epsilon()
+
             sigma = get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=dp.delta,
                                          sample_rate=q, steps=rounds * steps_per_round, accountant="rdp")
         if sigma <= 0:
@@ -163,6 +163,10 @@ class PrivacyLedger:
     def epsilon(self, extra_steps: int = 0) -> float:
         if not self.history and not extra_steps:
             return 0.0
+        # imported here: opacus' accountants take ~1.8 s to import (scipy.stats, torch's
+        # distributed tensors), which a client that runs no DP should not pay at start-up
+        from opacus.accountants import RDPAccountant
+
         acc = RDPAccountant()
         acc.history = list(self.history)
         if extra_steps:

@@ -171,6 +171,9 @@ class ServerConfig(Strict):
     tls: TLSConfig = Field(default_factory=TLSConfig)
     insecure: bool = Field(False, description="serve plaintext (logged as a warning); else TLS is required")
     run_dir: Path = Path("runs/latest")
+    probe_links: bool | None = Field(
+        None, description="clients probe their link at join (seconds before round 1): None = "
+        "only where the method plans with link rates (legend); true/false = always/never")
     tensorboard: bool = Field(True, description="write TensorBoard event files of the rounds "
                               "in <run_dir>/tensorboard/ (`tensorboard --logdir runs/`)")
     strategy: str = Field(methods.DEFAULT, description="the federated method (fedlora.methods)")

@@ -103,7 +103,8 @@ class LiveTable:
         metric = "exact match" if s.get("final_perplexity") is not None else "accuracy"
         ppl = f", perplexity {s['final_perplexity']:.3f}" if s.get("final_perplexity") is not None else ""
         print(f"rounds: {s['rounds_completed']}/{s['rounds_requested']}, final test {metric}: "
-              f"{_fmt(s['final_accuracy'], '.4f')}{ppl}, wall time {s['elapsed_seconds']:.1f}s")
+              f"{_fmt(s['final_accuracy'], '.4f')}{ppl}, wall time {s['elapsed_seconds']:.1f}s, "
+              f"first round {_fmt(s.get('seconds_to_first_round'), '.1f')}s after the coordinator's launch")
         for d in ("up", "down"):
             wire = b[d].get("iface_bytes")
             print(f"bytes {d:>4}: tensor {b[d]['tensor_bytes']:,}  payload {b[d]['payload_bytes']:,}  "

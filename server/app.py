@@ -127,6 +127,7 @@ def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
         config_json=public_config(cfg), adapter=cls.adapter_spec(cfg),
         eval_examples=cfg.eval_examples, generate_examples=cfg.generate_examples,
         max_new_tokens=cfg.max_new_tokens,
+        probe_link=cls.needs_link_rates if cfg.probe_links is None else cfg.probe_links,
     )
     log.info("model %s, strategy %s, %d test examples, shards %s", task.model_source(cfg.model),
              cfg.strategy, len(test), shard_sizes)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fedlora.common.config import ServerConfig
 from fedlora.common.errors import Refused, Status
 from fedlora.common.evaluate import Score
+from fedlora.common.launch import seconds_since_launch
 from fedlora.common.wire.blob import Blob
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import LONG_POLL_MAX_S
@@ -274,7 +275,7 @@ class Engine:
             self.current = r
             self.cond.notify_all()
         self.log.write("round_start", round=rnd, attempt=attempt, planned=len(r.instructions),
-                       clients=sorted(r.instructions))
+                       clients=sorted(r.instructions), since_launch_s=round(seconds_since_launch(), 2))
         log.info("round %d (attempt %d): %d clients planned", rnd, attempt + 1, len(r.instructions))
         with self.cond:
             while not (r.settled() or self.done) and time.time() < r.deadline:

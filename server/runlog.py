@@ -158,7 +158,18 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                           for d in ("up", "down")},
         "per_client": per_client,
         "wall_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
+        # launch of the coordinator process to its first round planned (start-up: imports, the
+        # model and data, the clients' joins); a resumed run's is its last process's
+        "seconds_to_first_round": _first_round_seconds(records),
     }
+
+
+def _first_round_seconds(records: list[Record]) -> float | None:
+    """Seconds from the launch of the last coordinator process (the one after the last resume)
+    to the first round it planned: its start-up, imports, model, data and the clients' joins."""
+    last_resume = max((i for i, r in enumerate(records) if r["type"] == "resume"), default=-1)
+    return next((r.get("since_launch_s") for r in records[last_resume + 1:]
+                 if r["type"] == "round_start"), None)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

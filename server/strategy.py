@@ -54,6 +54,10 @@ class Strategy(ABC):
     # False when the global model lives on the clients (personal adapters): the round's test
     # accuracy is then the n_k-weighted mean of what the clients measure on the test split.
     server_evaluates: ClassVar[bool] = True
+    # True when the planner reads clients' link rates (DeviceProfile.*_bytes_per_second): the
+    # run spec then has every client probe its link at join (RunSpec.probe_link), which costs
+    # seconds before its first round that no other method should pay
+    needs_link_rates: ClassVar[bool] = False
 
     def __init__(self, cfg: ServerConfig, model: AdaptedModel):
         self.cfg = cfg

@@ -33,6 +33,7 @@ _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 class Legend(RankedLoRA):
     name: ClassVar[str] = "legend"
+    needs_link_rates: ClassVar[bool] = True  # the planner predicts transfer seconds
 
     def __init__(self, cfg, model):
         super().__init__(cfg, model)

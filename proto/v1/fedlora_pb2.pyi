@@ -60,7 +60,7 @@ class JoinRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., protocol: _Optional[str] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter", "task", "heartbeat_s", "eval_examples", "generate_examples", "max_new_tokens", "partition_scheme", "partition_column", "dataset_sha256", "columns")
+    __slots__ = ("run_id", "strategy", "model", "num_labels", "rounds", "seed", "partition", "num_partitions", "dirichlet_alpha", "test_fraction", "dataset", "max_length", "chunk_bytes", "label_names", "config_json", "adapter", "task", "heartbeat_s", "eval_examples", "generate_examples", "max_new_tokens", "partition_scheme", "partition_column", "dataset_sha256", "columns", "probe_link")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class RunSpec(_message.Message):
     PARTITION_COLUMN_FIELD_NUMBER: _ClassVar[int]
     DATASET_SHA256_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_LINK_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     strategy: str
     model: str
@@ -118,7 +119,8 @@ class RunSpec(_message.Message):
     partition_column: str
     dataset_sha256: str
     columns: _containers.ScalarMap[str, str]
-    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., task: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., eval_examples: _Optional[int] = ..., generate_examples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., partition_scheme: _Optional[str] = ..., partition_column: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., columns: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    probe_link: bool
+    def __init__(self, run_id: _Optional[str] = ..., strategy: _Optional[str] = ..., model: _Optional[str] = ..., num_labels: _Optional[int] = ..., rounds: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[int] = ..., num_partitions: _Optional[int] = ..., dirichlet_alpha: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., max_length: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., label_names: _Optional[_Iterable[str]] = ..., config_json: _Optional[str] = ..., adapter: _Optional[_Union[AdapterSpec, _Mapping]] = ..., task: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., eval_examples: _Optional[int] = ..., generate_examples: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., partition_scheme: _Optional[str] = ..., partition_column: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., columns: _Optional[_Mapping[str, str]] = ..., probe_link: _Optional[bool] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("session_id", "spec")

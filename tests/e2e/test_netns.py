@@ -38,7 +38,8 @@ def netns_run(tmp_path_factory, tiny_model):
     p = subprocess.run([sys.executable, "-m", "fedlora.deploy.cli", "run", "--cluster", "netns",
                         "--spec", str(spec), "--model", str(tiny_model), "--rounds", "2",
                         "--min-clients", "2", "--local-steps", "3", "--batch-size", "16",
-                        "--run-dir", str(run_dir), "--no-live"],
+                        "--run-dir", str(run_dir), "--no-live",
+                        "--set", "probe_links=true"],  # FedAvg-LoRA plans without link rates
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     return run_dir, json.loads((run_dir / "cluster.json").read_text())

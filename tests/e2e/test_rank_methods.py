@@ -145,3 +145,25 @@ def test_legend_logs_predicted_beside_measured_round_times(legend_run):
             assert last["strategy"]["planned"][rec["client"]]["predicted_seconds"] > 0
     profiles = [r for r in records(run_dir, "profile") if r["round"] > 0]
     assert profiles and all(any(k.startswith("bwd.") for k in p["profile"]["layer_seconds"]) for p in profiles)
+
+
+def _join_rates(run_dir) -> dict[str, float]:
+    """Each client's upload rate in its join-time profile (round 0's report), 0 where unprobed."""
+    return {r["client"]: float(r["profile"].get("upload_bytes_per_second", 0.0))
+            for r in records(run_dir, "profile") if r["round"] == 0}
+
+
+def test_legend_clients_probe_their_link_at_join(legend_run):
+    """LEGEND plans round times with link rates: its run spec asks for the join probe."""
+    run_dir, _ = legend_run
+    rates = _join_rates(run_dir)
+    assert sorted(rates) == CLIENTS and all(v > 0 for v in rates.values())
+
+
+def test_methods_that_plan_without_link_rates_skip_the_join_probe(flex_run):
+    """FlexLoRA never reads a link rate: its clients go from join to round 1 without probing."""
+    run_dir, _ = flex_run
+    rates = _join_rates(run_dir)
+    assert sorted(rates) == CLIENTS and all(v == 0 for v in rates.values())
+    for cid in CLIENTS:
+        assert "link probe" not in (run_dir / "logs" / f"{cid}.log").read_text()

@@ -5,7 +5,7 @@ import errno
 import json
 
 from fedlora.common import storage
-from fedlora.server.runlog import RunLog, read_records
+from fedlora.server.runlog import RunLog, read_records, summarize
 
 
 def test_a_refused_record_fails_the_run_once_and_frees_the_reserve(tmp_path, monkeypatch):
@@ -33,3 +33,14 @@ def test_a_refused_record_fails_the_run_once_and_frees_the_reserve(tmp_path, mon
     runlog.write_json("summary.json", {"status": "failed", "error": runlog.error})
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["error"] == told[0]
     runlog.close()
+
+
+def test_start_up_is_the_last_coordinator_process_launch_to_its_first_round():
+    """A resumed run's start-up is its new process's: the first round_start after the resume."""
+    recs = [{"type": "round_start", "round": 1, "since_launch_s": 12.5},
+            {"type": "round_start", "round": 2, "since_launch_s": 40.0},
+            {"type": "resume", "completed": 1},
+            {"type": "round_start", "round": 2, "since_launch_s": 9.25}]
+    assert summarize(recs[:2])["seconds_to_first_round"] == 12.5
+    assert summarize(recs)["seconds_to_first_round"] == 9.25
+    assert summarize([])["seconds_to_first_round"] is None
