@@ -266,9 +266,11 @@ class Client:
             if c is not None:
                 metrics[f"iface_{key}_rx_bytes"], metrics[f"iface_{key}_tx_bytes"] = float(c.rx), float(c.tx)
         self.conn.report(rnd, metrics, self.hooks.round_profile(plan, metrics, down, up))
-        log.info("round %d: loss %.4f, local accuracy %.4f; down %s; up %s; round %.1fs%s", rnd,
-                 metrics["train_loss"], score.accuracy, _moved(down) if down.payload_bytes else
-                 "none (global state held)", _moved(up), time.perf_counter() - t_round,
+        log.info("round %d: loss %.4f%s, local accuracy %.4f; down %s; up %s; round %.1fs%s", rnd,
+                 metrics["train_loss"],
+                 "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())),
+                 score.accuracy, _moved(down) if down.payload_bytes else "none (global state held)",
+                 _moved(up), time.perf_counter() - t_round,
                  "" if ledger is None else f"; DP-SGD epsilon {ledger.epsilon():.3f}")
 
     def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:

@@ -49,11 +49,14 @@ def has_credentials(config: dict) -> bool:
     return tokens or bool(config.get("tls", {}).get("client_ca"))
 
 
-def start_client(run_dir: Path, address: str, client_id: str, token: str = "", *extra: str) -> subprocess.Popen:
+def start_client(run_dir: Path, address: str, client_id: str, token: str = "", *extra: str,
+                 verbose: bool = False) -> subprocess.Popen:
     """A client; plaintext (``--insecure``, as start_server makes the coordinator) unless
-    ``extra`` brings TLS flags."""
+    ``extra`` brings TLS flags. ``verbose``: debug lines too, e.g. "round 1: training" as a
+    round's training starts (a test that acts mid-round waits for it; at the default level a
+    client logs one line per round, at its end)."""
     transport = [] if "--ca-cert" in extra else ["--insecure"]
-    return cli("client", "--server", address, "--id", client_id, f"--token={token}", "--threads", "1",
+    return cli(*(["--verbose"] if verbose else []), "client", "--server", address, "--id", client_id, f"--token={token}", "--threads", "1",
                "--state-dir", str(run_dir / "state"), *transport, *extra,
                log=run_dir / "logs" / f"{client_id}.log")
 

@@ -22,7 +22,7 @@ def killed(tmp_path_factory, tiny_model):
         "model": str(tiny_model), "rounds": 3, "min_clients": 2, "clients": 3, "seed": 2,
         "deadline_s": DEADLINE_S, "client_timeout_s": TIMEOUT_S,
         "training": {"max_steps": 20, "batch_size": 8}})
-    clients = [start_client(run_dir, address, f"client-{i}") for i in range(3)]
+    clients = [start_client(run_dir, address, f"client-{i}", verbose=True) for i in range(3)]
     try:
         wait_until("client-2 training round 1",
                    lambda: logged(run_dir / "logs" / "client-2.log", "round 1: training"), 300,

@@ -27,7 +27,7 @@ def stalled(tmp_path_factory, tiny_model):
         "model": str(tiny_model), "rounds": 2, "min_clients": 1, "fraction": 0.3, "clients": 3,
         "seed": 6, "deadline_s": 600, "client_timeout_s": 20,
         "training": {"max_steps": 20, "batch_size": 8}})
-    clients = [start_client(run_dir, address, c) for c in CLIENTS]
+    clients = [start_client(run_dir, address, c, verbose=True) for c in CLIENTS]
     procs = [server, *clients]
     try:
         (start,) = wait_until("round 1 to start", lambda: recorded(run_dir, "round_start", round=1),
