@@ -88,7 +88,3 @@ class Background:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
