@@ -64,7 +64,7 @@ def federated(name: str, flags: list[str], out: Path) -> dict:
         raise SystemExit(f"{name} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rounds = [{"round": r["round"], "exact_match": r["test_accuracy"], "loss": r["test_loss"],
+    rounds = [{"round": r["round"], "exact_match": r.get("test_accuracy"), "loss": r.get("test_loss"),
                "perplexity": r.get("test_perplexity"), "mb_up": r.get("up_mb") or 0.0,
                "mb_down": r.get("down_mb") or 0.0, "seconds": r.get("seconds") or 0.0}
               for r in recs if r["type"] == "round"]

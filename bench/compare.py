@@ -75,7 +75,8 @@ def run(name: str, flags: list[str], rounds: int, out: Path) -> dict:
         if rec["type"] == "round":
             t0 = rec["time"] if t0 is None else t0  # round 0: every client joined, initial score
             total += (rec.get("up_mb") or 0) + (rec.get("down_mb") or 0)
-            curve.append((round(total, 4), rec["test_accuracy"], round(rec["time"] - t0, 2)))
+            if "test_accuracy" in rec:  # a round not evaluated (evaluate_every) has no point
+                curve.append((round(total, 4), rec["test_accuracy"], round(rec["time"] - t0, 2)))
     eps = [r["metrics"].get("dp_epsilon") for r in rounds_ if r["type"] == "client" and r["metrics"]]
     eps = [e for e in eps if e is not None]
     last = [r for r in rounds_ if r["type"] == "round"][-1]

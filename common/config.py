@@ -224,6 +224,10 @@ class ServerConfig(Strict):
     eval_examples: int = Field(0, ge=0, description="the coordinator's evaluations read the first "
                                "this many test examples (0 = all): a causal LM's forward pass is "
                                "costly on a CPU")
+    evaluate_every: int = Field(
+        1, ge=1, description="the coordinator evaluates the global model after every this-many "
+        "rounds and always after the last (long runs); the other rounds are recorded without "
+        "test figures. Evaluations run beside the next round, never holding it up")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -32,6 +32,7 @@ from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.admission import fixed_counts
 from fedlora.server.arenas import cap_arenas
 from fedlora.server.engine import Engine
+from fedlora.server.evaluation import EvalCopy
 from fedlora.server.eventfiles import attach
 from fedlora.server.journal import Journal
 from fedlora.server.metrics import Metrics
@@ -111,9 +112,9 @@ def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
     else:
         journal.commit(0, *strategy.state(), runlog.sync())
 
-    def checkpoint(rnd: int) -> None:
+    def checkpoint(rnd: int, pending: dict[str, Any] | None) -> None:
         try:
-            journal.commit(rnd, *strategy.state(), runlog.sync())
+            journal.commit(rnd, *strategy.state(), runlog.sync(), pending=pending)
         except StorageError as e:  # as for a refused record: the run ends with its reason
             runlog.fail(f"run folder {cfg.run_dir}: cannot write the journal: {e.why}")
 
@@ -132,11 +133,16 @@ def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
     log.info("model %s, strategy %s, %d test examples, shards %s", task.model_source(cfg.model),
              cfg.strategy, len(test), shard_sizes)
 
-    def score():
-        return task.evaluate(model.model, tokenizer, test, cfg.eval_options(), cfg.device)
+    evaluation = EvalCopy(model, strategy.moving_tensors)  # the one extra model: its cost there
 
-    engine = Engine(cfg, strategy, spec, runlog, score,
+    def snapshot():
+        """The global model now, on the evaluation copy; what scores it (beside the next round)."""
+        copy = evaluation.take()
+        return lambda: task.evaluate(copy.model, tokenizer, test, cfg.eval_options(), cfg.device)
+
+    engine = Engine(cfg, strategy, spec, runlog, snapshot,
                     completed=resumed.completed if resumed else 0, checkpoint=checkpoint,
+                    pending=resumed.pending if resumed else None,
                     shard_sizes=shard_sizes,  # counts a resumed run fixed, from its kept records:
                     fixed_counts=fixed_counts(read_records(runlog.metrics_path)) if resumed else None)
     runlog.on_error = engine.fail  # a disk that fills mid-run ends the run, with its reason

@@ -5,7 +5,8 @@ enforces the plan and keeps the round's books. Sessions live in :mod:`.sessions`
 bytes in :mod:`.transfers` (the engine sees one verified blob per client and round), update
 checks in :mod:`.updates`, records in :mod:`.records`. All round state lives behind one
 condition variable, shared with the sessions; gRPC handler threads call in, the main thread
-runs :meth:`Engine.run`.
+runs :meth:`Engine.run`. The coordinator's evaluation of each aggregate runs beside the next
+round (:mod:`.evaluation`): nothing a client waits for depends on it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from fedlora.common.config import ServerConfig
 from fedlora.common.errors import Refused, Status
@@ -29,6 +31,7 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server import records
 from fedlora.server.admission import (EXAMPLES_RECORD, ExampleCounts, check_decline, check_numbers,
                                       check_profile)
+from fedlora.server.evaluation import Background
 from fedlora.server.liveness import SWEEP_S, AwakeClock
 from fedlora.server.rounds import Round, plan_round, planned_bytes, require_open
 from fedlora.server.runlog import RunLog
@@ -42,11 +45,17 @@ log = logging.getLogger("fedlora.server")
 
 class Engine:
     def __init__(self, cfg: ServerConfig, strategy: Strategy, spec: pb.RunSpec, runlog: RunLog,
-                 evaluate_fn: Callable[[], Score], completed: int = 0,
-                 checkpoint: Callable[[int], None] | None = None, shard_sizes: Sequence[int] = (),
-                 fixed_counts: Mapping[str, int] | None = None):
-        """``completed``: rounds a resumed run already has (the loop goes on after them);
-        ``checkpoint(rnd)`` makes an aggregated round durable before the next one opens;
+                 evaluate_fn: Callable[[], Callable[[], Score]], completed: int = 0,
+                 checkpoint: Callable[[int, dict[str, Any] | None], None] | None = None,
+                 shard_sizes: Sequence[int] = (), fixed_counts: Mapping[str, int] | None = None,
+                 pending: dict[str, Any] | None = None):
+        """``evaluate_fn()`` snapshots the strategy's global model and returns what scores that
+        snapshot on the test split (called on a thread of its own, beside the next round);
+        ``completed``: rounds a resumed run already has (the loop goes on after them);
+        ``checkpoint(rnd, pending)`` makes an aggregated round durable before the next one
+        opens, with ``pending`` the fields of its round record when that record waits for an
+        evaluation (a resumed run gets them back as ``pending`` and evaluates that round again:
+        the journal's records end before the round record, so it is written once);
         ``shard_sizes``: the built-in data's shard per partition (none when clients bring
         their own data) and ``fixed_counts`` the example counts a resumed run had fixed: what
         the clients' weights are vouched against (:mod:`.admission`)."""
@@ -54,7 +63,10 @@ class Engine:
         self.strategy = strategy
         self.spec = spec
         self.log = runlog
-        self.evaluate_fn = evaluate_fn  # the strategy's global model on the test split
+        self.evaluate_fn = evaluate_fn  # snapshots the global model; the result scores it
+        self.evaluations = Background()  # at most one evaluation in flight
+        self.eval_error = ""  # why an evaluation failed (the first reason)
+        self.pending = pending
         self.cond = threading.Condition()  # re-entrant: the sessions take it too
         self.clock = AwakeClock()
         self.counts = ExampleCounts(cfg.max_client_examples, shard_sizes, fixed_counts)
@@ -230,9 +242,24 @@ class Engine:
             return [c.info() for c in sorted(chosen, key=lambda c: c.entry.id)]
 
     def run(self) -> int:
-        """Runs every round; returns a process exit code."""
+        """Runs every round; returns a process exit code once the last evaluation has landed
+        (the summary is written after it). An evaluation that raises ends the run as any
+        coordinator error does: logged, the run failed with its reason."""
         self.clock.start()
         try:
+            code = self._run()
+        finally:
+            self.evaluations.wait()
+            self.clock.stop()
+        with self.cond:
+            if self.eval_error and not self.error:  # the run had ended cleanly meanwhile
+                self.error = self.eval_error
+        return 1 if self.error else code
+
+    def _run(self) -> int:
+        try:
+            if self.pending is not None:  # resumed before the journaled round's record landed
+                self._evaluate_later(self.completed, self.pending)
             if self.completed >= self.cfg.rounds:  # resumed after the last round's commit
                 return self._stop("")
             ready = self._wait_for_clients(len(self.sessions))
@@ -242,9 +269,7 @@ class Engine:
                 return self._stop(f"only {len(self.sessions.ready())} of {self.cfg.min_clients} "
                                   f"required clients joined within {self.cfg.join_timeout_s:g}s")
             if self.completed == 0:
-                score = self.evaluate_fn()
-                records.write_initial(self.log, score)
-                log.info("round 0 (initial model): test accuracy %.4f", score.accuracy)
+                self._evaluate_later(0, None)
             for rnd in range(self.completed + 1, self.cfg.rounds + 1):
                 for attempt in range(self.cfg.round_retries + 1):
                     if len(self.sessions.ready()) < self.cfg.min_clients and not self._wait_for_clients(
@@ -264,8 +289,6 @@ class Engine:
         except Exception as e:  # the run must end with a record and released clients
             log.exception("engine failed")
             return self._stop(f"coordinator error: {e}")
-        finally:
-            self.clock.stop()
 
     def _play_round(self, rnd: int, attempt: int) -> bool:
         r = plan_round(self.strategy, self.cfg, self.down_chain, rnd, attempt,
@@ -299,24 +322,64 @@ class Engine:
             return False
         with self.cond:
             metrics = self.strategy.aggregate(rnd)
+        self.evaluations.wait()  # the previous round's record lands before this round's records
         seconds = time.time() - r.started
         up, down = self.transfers.stats()
         clients = records.write_clients(self.log, r, up, down)
-        if self.strategy.server_evaluates:
-            score, evaluated_by = self.evaluate_fn(), "coordinator"
-        else:
-            score = records.client_score([c for c in clients if c["status"] == "accepted"])
-            evaluated_by = "clients"
-        rec = records.write_round(self.log, r, clients, missing, score, seconds, evaluated_by,
-                                  up, down, metrics)
+        fields = records.round_fields(r, clients, missing, seconds, up, down, metrics)
         self.completed = rnd
+        if not self.strategy.server_evaluates:
+            score = records.client_score([c for c in clients if c["status"] == "accepted"])
+            fields.update(records.score_fields(score, "clients"))
+        elif self._evaluates(rnd):  # the record waits for the evaluation; the round does not
+            self._checkpoint(rnd, fields)
+            self._evaluate_later(rnd, fields)
+            return True
+        _log_round(self.log.write("round", **fields))
+        self._checkpoint(rnd, None)
+        return True
+
+    def _evaluates(self, rnd: int) -> bool:
+        """Whether the coordinator scores round ``rnd``'s aggregate: every ``evaluate_every``-th
+        round and always the last (the run's final accuracy)."""
+        return rnd % self.cfg.evaluate_every == 0 or rnd == self.cfg.rounds
+
+    def _checkpoint(self, rnd: int, pending: dict[str, Any] | None) -> None:
         if self.checkpoint is not None:
             with self.cond:  # no round is open: nothing folds into the strategy meanwhile
-                self.checkpoint(rnd)
-        log.info("round %d: %d/%d updates, test accuracy %.4f, loss %.4f, up %.2f MB, down %.2f MB, %.1fs",
-                 rnd, accepted, len(r.instructions), score.accuracy, score.loss, rec["up_mb"],
-                 rec["down_mb"], seconds)
-        return True
+                self.checkpoint(rnd, pending)
+
+    def _evaluate_later(self, rnd: int, fields: dict[str, Any] | None) -> None:
+        """Snapshots the global model now and scores it on a thread of its own; round
+        ``rnd``'s record (``fields`` with the scores; round 0's when None) is written when the
+        score lands. Called between rounds, after the round is journaled (so the record is
+        never in the journaled records while the journal still holds it as pending)."""
+        self.evaluations.wait()  # one evaluation copy: the previous snapshot is scored first
+        with self.cond:  # nothing folds into the strategy while its model is copied
+            score_fn = self.evaluate_fn()
+
+        def job() -> None:
+            try:
+                score = score_fn()
+            except Exception as e:
+                log.exception("evaluation of round %d failed", rnd)
+                self._evaluation_failed(f"coordinator error: evaluation of round {rnd} failed: {e}")
+                return
+            if fields is None:
+                records.write_initial(self.log, score)
+                log.info("round 0 (initial model): test accuracy %.4f", score.accuracy)
+            else:
+                _log_round(self.log.write("round", **{**fields, **records.score_fields(
+                    score, "coordinator")}))
+
+        self.evaluations.submit(f"evaluation of round {rnd}", job)
+
+    def _evaluation_failed(self, why: str) -> None:
+        """The run ends with the failure as its error; the round keeps no round record (its
+        journal entry still holds it pending: a resumed run evaluates it again)."""
+        with self.cond:
+            self.eval_error = self.eval_error or why
+        self._stop(why, logged=True)
 
     def _give_up_silent(self, r: Round) -> None:
         """Planned clients gone silent (or whose session ended) are not waited for: the round
@@ -353,3 +416,11 @@ class Engine:
         if error and not logged:
             log.error("%s", error)
         return 1 if error else 0
+
+
+def _log_round(rec: dict[str, Any]) -> None:
+    """The round's log line, once its record (and test figures, if any) exists."""
+    scored = (f"test accuracy {rec['test_accuracy']:.4f}, loss {rec['test_loss']:.4f}"
+              if "test_accuracy" in rec else "not evaluated")
+    log.info("round %d: %d/%d updates, %s, up %.2f MB, down %.2f MB, %.1fs", rec["round"],
+             rec["accepted"], rec["planned"], scored, rec["up_mb"], rec["down_mb"], rec["seconds"])

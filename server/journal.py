@@ -65,6 +65,10 @@ class Entry:
     state_sha256: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # the strategy's JSON state
     finished: bool = False          # every round done, adapter and summary written
+    # the last round's record when it waits for the coordinator's evaluation (its fields but
+    # the test figures): ``records_bytes`` ends before it, and a resumed run evaluates the
+    # round again and writes it (server/engine.py); None when the record is in the prefix
+    pending: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **dataclasses.asdict(self)}
@@ -134,15 +138,17 @@ class Journal:
         return load_file(path)  # a tensor at a time from a map of the file
 
     def commit(self, completed: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-               records: tuple[int, int]) -> Entry:
+               records: tuple[int, int], pending: dict[str, Any] | None = None) -> Entry:
         """Makes ``completed`` rounds durable: the state file, then the journal naming it.
-        ``records`` is (bytes, count) of ``metrics.jsonl``, already fsynced."""
+        ``records`` is (bytes, count) of ``metrics.jsonl``, already fsynced; ``pending``: the
+        round record still to be written, when its evaluation has not landed."""
         name = f"{STATE_DIR}/state-{completed:05d}.safetensors"
         written: list[str] = []  # a tensor at a time: a full model is not copied to be saved
         write_atomic(self.dir / name, lambda f: written.append(st_write(tensors, None, f)[1]))
         entry = Entry(run_id=self.run_id, config=self._config, completed=completed,
                       records_bytes=records[0], records_count=records[1], state_file=name,
-                      state_sha256=written[0], meta=json.loads(json.dumps(meta)))
+                      state_sha256=written[0], meta=json.loads(json.dumps(meta)),
+                      pending=None if pending is None else json.loads(json.dumps(pending)))
         self._write(entry)
         for old in (self.dir / STATE_DIR).glob("state-*.safetensors"):
             if old.name != Path(name).name:  # superseded: the journal no longer names it

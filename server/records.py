@@ -53,20 +53,23 @@ def client_score(records: list[dict[str, Any]]) -> Score:
     return Score(float("nan") if acc is None else acc, float("nan") if loss is None else loss, 0)
 
 
-def write_round(runlog: RunLog, r: Round, records: list[dict[str, Any]], missing: list[str],
-                score: Score, seconds: float, evaluated_by: str, up: dict[str, TransferStats],
-                down: dict[str, TransferStats], strategy: dict[str, float]) -> dict[str, Any]:
-    """The aggregated round's record, from its client records and every transfer it saw."""
+def round_fields(r: Round, records: list[dict[str, Any]], missing: list[str], seconds: float,
+                 up: dict[str, TransferStats], down: dict[str, TransferStats],
+                 strategy: dict[str, float]) -> dict[str, Any]:
+    """The aggregated round's record without its test figures (:func:`score_fields`), from its
+    client records and every transfer it saw: what is known when the aggregate exists. The
+    coordinator's evaluation adds the rest when it lands (server/evaluation.py); a round it
+    does not evaluate (``evaluate_every``) is recorded without them."""
     accepted = [rec for rec in records if rec["status"] == "accepted"]
     losses = [(rec["train_loss"], rec["weight"]) for rec in accepted
               if rec.get("train_loss") is not None]
     train_loss = (sum(l * w for l, w in losses) / sum(w for _, w in losses)) if losses else None
-    return runlog.write(
-        "round", round=r.number, attempt=r.attempt, planned=len(r.instructions),
+    return dict(
+        round=r.number, attempt=r.attempt, planned=len(r.instructions),
         accepted=len(r.accepted), refused=sorted(r.refused), missing=missing,
-        test_accuracy=score.accuracy, test_loss=score.loss, **_extra(score), train_loss=train_loss,
+        train_loss=train_loss,
         seconds=round(seconds, 3), personal_accuracy=_weighted(accepted, "local_accuracy"),
-        evaluated_by=evaluated_by,
+        evaluated_by=None,
         up_mb=sum(t.payload_bytes for t in up.values()) / 1e6,
         down_mb=sum(t.payload_bytes for t in down.values()) / 1e6,
         dp_epsilon=max((rec["metrics"].get("dp_epsilon", 0.0) for rec in records), default=None) or None,
@@ -74,6 +77,13 @@ def write_round(runlog: RunLog, r: Round, records: list[dict[str, Any]], missing
         down_wire_mb=_sum_mb(rec["down"]["iface_bytes"] for rec in accepted
                              if rec["down"]["payload_bytes"]),
         strategy=strategy)
+
+
+def score_fields(score: Score, evaluated_by: str) -> dict[str, Any]:
+    """A round record's test figures: ``test_accuracy``, ``test_loss``, a task's further ones,
+    and who measured them (``coordinator``, or ``clients`` when they hold the model)."""
+    return {"test_accuracy": score.accuracy, "test_loss": score.loss, **_extra(score),
+            "evaluated_by": evaluated_by}
 
 
 def _extra(score: Score) -> dict[str, float]:

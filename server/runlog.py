@@ -148,8 +148,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "final_accuracy": last.get("test_accuracy"),
         "final_loss": last.get("test_loss"),
         "final_perplexity": last.get("test_perplexity"),
-        "best_accuracy": max((r["test_accuracy"] for r in rounds), default=None),
-        "accuracy_by_round": [r["test_accuracy"] for r in rounds],
+        # rounds not evaluated (``evaluate_every``) have no test figures: None in the list
+        "best_accuracy": max((r["test_accuracy"] for r in rounds if "test_accuracy" in r), default=None),
+        "accuracy_by_round": [r.get("test_accuracy") for r in rounds],
         "bytes": totals,
         "mb_up": totals["up"]["payload_bytes"] / 1e6,
         "mb_down": totals["down"]["payload_bytes"] / 1e6,

@@ -92,6 +92,14 @@ class Strategy(ABC):
     def global_state(self) -> dict[str, torch.Tensor]:
         return self.model.state()
 
+    def moving_tensors(self) -> list[torch.Tensor]:
+        """Tensors of the model outside its adapter state that :meth:`aggregate` changes (FLoRA
+        merges its stack into base weights). The coordinator's evaluation copy
+        (server/evaluation.py) owns these and the adapter state and shares every other tensor
+        with the model, so a method that changes one it does not name here would change the
+        model being scored beside the next round."""
+        return []
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything this strategy needs to go on after a committed round, for the run's
         journal (server/journal.py): tensors (saved as safetensors) and JSON-able values.

@@ -100,6 +100,10 @@ class FLoRA(Strategy):
     def discard(self, rnd: int) -> None:
         self._round, self._rest = {}, None
 
+    def moving_tensors(self) -> list[torch.Tensor]:
+        """The base weights under each LoRA layer: :meth:`aggregate` merges the stack into them."""
+        return list(self.merger.weights.values())
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The adapter (next round's fresh LoRA and the averaged modules to save) and the
         stacks; the merged base weights are not saved: :meth:`restore` rebuilds them from W0

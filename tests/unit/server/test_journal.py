@@ -71,6 +71,24 @@ def test_resume_cuts_the_records_back_to_the_last_commit(tmp_path):
     assert summarize(recs)["rounds_completed"] == 3
 
 
+def test_a_round_committed_before_its_evaluation_landed_comes_back_pending(tmp_path):
+    """The round record waits for the evaluation (server/engine.py): the journal holds its
+    fields, and its records end before the record, so a resumed run writes it once."""
+    journal, log = _run(tmp_path, 1)
+    log.write("client", round=2, client="c")
+    fields = {"round": 2, "accepted": 1, "seconds": 1.5, "evaluated_by": None}
+    journal.commit(2, _tensors(2), {}, log.sync(), pending=fields)
+    log.write("round_start", round=3)  # the next round goes on beside the evaluation
+    log.write("round", round=2, test_accuracy=0.7, **{k: v for k, v in fields.items() if k != "round"})
+    log.close()
+    entry = Journal(tmp_path).open(_cfg(tmp_path))
+    assert entry is not None and entry.completed == 2 and entry.pending == fields
+    log = RunLog(tmp_path, keep=(entry.records_bytes, entry.records_count))
+    log.close()
+    recs = read_records(tmp_path / "metrics.jsonl")
+    assert [(r["type"], r["round"]) for r in recs] == [("round", 1), ("client", 2)]
+
+
 def test_a_finished_run_is_refused(tmp_path):
     journal, _ = _run(tmp_path, 4)
     journal.finish()
