@@ -293,13 +293,15 @@ class Engine:
     def _play_round(self, rnd: int, attempt: int) -> bool:
         r = plan_round(self.strategy, self.cfg, self.down_chain, rnd, attempt,
                        self._sample(rnd, attempt), self.transfers.spool_dir)
+        # recorded before any client can hear of the round: every record a client's calls cause
+        # (and the previous round's, whose evaluation may land meanwhile) comes after it
+        self.log.write("round_start", round=rnd, attempt=attempt, planned=len(r.instructions),
+                       clients=sorted(r.instructions), since_launch_s=round(seconds_since_launch(), 2))
+        log.info("round %d (attempt %d): %d clients planned", rnd, attempt + 1, len(r.instructions))
         with self.cond:
             self.transfers.open(rnd)
             self.current = r
             self.cond.notify_all()
-        self.log.write("round_start", round=rnd, attempt=attempt, planned=len(r.instructions),
-                       clients=sorted(r.instructions), since_launch_s=round(seconds_since_launch(), 2))
-        log.info("round %d (attempt %d): %d clients planned", rnd, attempt + 1, len(r.instructions))
         with self.cond:
             while not (r.settled() or self.done) and time.time() < r.deadline:
                 self.cond.wait(min(max(0.0, r.deadline - time.time()), SWEEP_S))

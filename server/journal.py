@@ -49,7 +49,7 @@ FORMAT = 1
 # neither (``token``, and each entry's token in a ``clients`` list): they may be rotated.
 SERVING = frozenset({"host", "port", "tls", "insecure", "run_dir", "threads", "device",
                      "eval_batch_size", "join_timeout_s", "deadline_s", "token", "spool_bytes",
-                     "open_run", "stream_idle_s", "tensorboard", "probe_links"})
+                     "open_run", "stream_idle_s", "tensorboard", "probe_links", "evaluate_every"})
 
 
 @dataclass(frozen=True)
