@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from fedlora.server.runlog import read_records
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 4
 CONFIG = {
@@ -42,12 +44,7 @@ SPEC = {"subnet": "10.213.9.0/24", "coordinator": {},
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["type"] == kind:
-            out.append(rec)
-    return out
+    return [r for r in read_records(run_dir / "metrics.jsonl") if r["type"] == kind]
 
 
 def measure(run_dir: Path, wall: float) -> dict:
