@@ -71,7 +71,9 @@ def server_config(strategy: str, n: int, rounds: int, run_dir: Path, codec: list
         "clients": [{"id": client_id(i), "token": secrets.token_hex(16)} for i in range(n)],
         "fraction": 1.0, "min_clients": 1, "round_retries": 0,
         "deadline_s": 7200.0, "join_timeout_s": 1800.0, "client_timeout_s": 1800.0,
-        "data": {"test_fraction": 0.01},
+        # IID: clients do not train here, so the split only sets their example counts, and
+        # Dirichlet(0.5) over TREC's 5,381 rows cannot give 1,000 clients 2 examples each
+        "data": {"test_fraction": 0.01, "partition": "iid"},
         "codec": {"upload": codec, "download": codec},
     }
 
@@ -87,6 +89,7 @@ class ProcSample:
     hwm_kb: int
     rss_kb: int
     cpu_s: float
+    threads: int
 
 
 def sample(pid: int) -> ProcSample | None:
@@ -97,10 +100,10 @@ def sample(pid: int) -> ProcSample | None:
     except OSError:
         return None
     kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
-          if line.startswith(("VmHWM", "VmRSS"))}
+          if line.startswith(("VmHWM", "VmRSS", "Threads"))}
     fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": field 3 is state, 14/15 utime/stime
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return ProcSample(kb.get("VmHWM", 0), kb.get("VmRSS", 0), cpu)
+    return ProcSample(kb.get("VmHWM", 0), kb.get("VmRSS", 0), cpu, kb.get("Threads", 0))
 
 
 class Records:
@@ -223,6 +226,7 @@ class CaseResult:
     status: str = "ok"                    # ok | did not fit | failed
     detail: str = ""
     peak_rss_mib: float = 0.0
+    max_threads: int = 0                  # the coordinator's threads, most seen at a sample
     rss_before_round1_mib: float = 0.0    # after model load, data split and every join
     cpu_s_per_client_round: float = 0.0       # serving windows: transfers, checks, folds
     cpu_s_per_client_round_all: float = 0.0   # first round start to last round record
@@ -297,6 +301,7 @@ def watch(proc: subprocess.Popen, pid: int, run_dir: Path, res: CaseResult, roun
             res.status, res.detail = "failed", "coordinator exited:\n" + tail(run_dir / "coordinator.log")
             return
         res.peak_rss_mib = s.hwm_kb / 1024
+        res.max_threads = max(res.max_threads, s.threads)
         if s.hwm_kb > max_rss_gb * (1 << 20):
             res.status = "did not fit"
             res.detail = f"coordinator peak RSS passed {max_rss_gb:g} GB; stopped"
@@ -355,14 +360,14 @@ def ratios(rows: list[CaseResult]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[CaseResult], rats: list[dict[str, Any]]) -> None:
-    print(f"{'strategy':<12} {'clients':>7} {'status':<11} {'peak RSS MiB':>12} {'RSS@r1 MiB':>10} "
+    print(f"{'strategy':<12} {'clients':>7} {'status':<11} {'peak RSS MiB':>12} {'threads':>7} {'RSS@r1 MiB':>10} "
           f"{'CPU s/cl-round':>14} {'(all)':>7} {'round s':>15} {'accepted':>9} {'up MB/cl':>8} "
           f"{'down MB/cl':>10}")
     for r in rows:
         secs = " ".join(f"{s:.2f}" for s in r.round_seconds) or "-"
         acc = "/".join(str(a) for a in r.accepted) or "-"
         print(f"{r.strategy:<12} {r.clients:>7} {r.status:<11} {r.peak_rss_mib:>12.0f} "
-              f"{r.rss_before_round1_mib:>10.0f} {r.cpu_s_per_client_round:>14.4f} "
+              f"{r.max_threads:>7} {r.rss_before_round1_mib:>10.0f} {r.cpu_s_per_client_round:>14.4f} "
               f"{r.cpu_s_per_client_round_all:>7.4f} {secs:>15} {acc:>9} "
               f"{r.up_mb_per_client:>8.3f} {r.down_mb_per_client:>10.3f}")
         if r.status != "ok":
