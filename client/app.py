@@ -27,7 +27,7 @@ from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task, columns_from
 from fedlora.common.netstat import InterfaceMeter
-from fedlora.common.storage import tree_sha256, prepare_dir, write_atomic
+from fedlora.common.storage import prepare_dir, tree_sha256, write_atomic
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import round_seed, steps_per_round
 from fedlora.common.wire.blob import Blob, pack, unpack
@@ -215,8 +215,9 @@ class Client:
         if keep:
             am.load_state(self._kept_before(rnd, am, keep))
         trained = am.set_trainable(list(plan.train), list(plan.freeze))
-        log.debug("round %d: training %d tensors on %d examples%s", rnd, len(trained), len(self.train_data),
-                  "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())))
+        terms = "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items()))
+        log.debug("round %d: training %d tensors on %d examples%s", rnd, len(trained),
+                  len(self.train_data), terms)
         after_backward = self.hooks.before_training(plan, am)
         if self.ctx is not None:  # the other ranks train the same model on their rows
             distributed.send(distributed.TRAIN, am.state(), {"plan": plan.SerializeToString()})
@@ -267,11 +268,9 @@ class Client:
                 metrics[f"iface_{key}_rx_bytes"], metrics[f"iface_{key}_tx_bytes"] = float(c.rx), float(c.tx)
         self.conn.report(rnd, metrics, self.hooks.round_profile(plan, metrics, down, up))
         log.info("round %d: loss %.4f%s, local accuracy %.4f; down %s; up %s; round %.1fs%s", rnd,
-                 metrics["train_loss"],
-                 "".join(f", {k} {v:g}" for k, v in sorted(plan.training.regularisation.items())),
-                 score.accuracy, _moved(down) if down.payload_bytes else "none (global state held)",
+                 metrics["train_loss"], terms, score.accuracy, _moved(down) if down.payload_bytes else "none (global state held)",
                  _moved(up), time.perf_counter() - t_round,
-                 "" if ledger is None else f"; DP-SGD epsilon {ledger.epsilon():.3f}")
+                 "" if ledger is None else f"; DP-SGD epsilon {metrics['dp_epsilon']:.3f}")
 
     def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:
         """The run's ledger: a resumed run (same run id) goes on from it, a new run starts its

@@ -16,7 +16,6 @@ and clients never need it, so it is the ``plot`` extra, not a dependency of ever
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.deploy.live import metric_label
-from fedlora.server.runlog import DIRECTIONS, Record, read_records, sum_bytes
+from fedlora.server.runlog import DIRECTIONS, Record, finite_number, read_records, sum_bytes
 
 OUT = "plots"  # in the run folder, unless --out
 MB = 1e6
@@ -55,7 +54,7 @@ def curve(records: list[Record]) -> Curve:
     rounds = [r for r in records if r["type"] == "round"]
     if not rounds:
         raise PlotError("no round records: the run has not evaluated its first model yet")
-    metric = "test_accuracy" if any(_finite(r.get("test_accuracy")) for r in rounds) else "test_loss"
+    metric = "test_accuracy" if any(finite_number(r.get("test_accuracy")) for r in rounds) else "test_loss"
     label = ("test loss" if metric == "test_loss" else
              "test exact match" if metric_label(records) == "exact match" else "test accuracy")
     by_round: dict[int, list[Record]] = defaultdict(list)
@@ -75,7 +74,7 @@ def curve(records: list[Record]) -> Curve:
             mb += sum(sums[d]["payload_bytes"] or 0 for d in DIRECTIONS) / MB
             secs += r.get("seconds") or 0.0
         value = r.get(metric)
-        if not _finite(value):
+        if not finite_number(value):
             continue
         c.rounds.append(r["round"])
         c.values.append(float(value))
@@ -166,7 +165,3 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

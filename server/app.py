@@ -23,7 +23,8 @@ from fedlora.common.channel import grpc_options
 from fedlora.common.config import ConfigError, DataConfig, ServerConfig, public_config
 from fedlora.common.data import BUILTIN_SETS, SplitPlan
 from fedlora.common.model import AdaptedModel
-from fedlora.common.storage import StorageError, atomic_dir, tree_sha256, prepare_dir, reason, write_atomic
+from fedlora.common.storage import (StorageError, atomic_dir, prepare_dir, reason, tree_sha256,
+                                    write_atomic)
 from fedlora.common.tasks import Task, get_task
 from fedlora.common.tasks.base import COLUMN_FIELDS
 from fedlora.common.wire.protocol import MAX_MESSAGE_BYTES

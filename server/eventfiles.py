@@ -35,7 +35,6 @@ A round's events are written when its ``round`` record is, so every step holds w
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import threading
 import time
@@ -43,7 +42,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fedlora.server.runlog import DIRECTIONS, LEVELS, Record, RunLog, read_records, sum_bytes
+from fedlora.server.runlog import (DIRECTIONS, LEVELS, Record, RunLog, finite_number, read_records,
+                                    sum_bytes)
 
 log = logging.getLogger("fedlora.server")
 
@@ -109,7 +109,7 @@ class EventFiles:
         from tensorboardX.proto.summary_pb2 import Summary
 
         values = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()
-                  if _number(v)]
+                  if finite_number(v)]
         if values:
             self._writer(run).write_event(Event(wall_time=time.time(), step=step,
                                                 summary=Summary(value=values)))
@@ -147,8 +147,3 @@ def client_scalars(recs: list[Record]) -> dict[str, Any]:
 
 def _bytes_scalars(prefix: str, sums: dict[str, dict[str, int | None]]) -> dict[str, int | None]:
     return {f"{prefix}/{d}/{lvl}": sums[d][lvl] for d in DIRECTIONS for lvl in LEVELS}
-
-
-def _number(v: Any) -> bool:
-    """A value a chart can draw: a finite int or float (not a bool, a None, a NaN score)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -45,8 +45,9 @@ FORMAT = 1
 
 # Config fields that may change between a run and its resumption: where and how the
 # coordinator serves and evaluates, not what the run computes (``probe_links``: what clients
-# measure, which feeds only LEGEND's planner, whose inputs are measured timings anyway). Client tokens are compared
-# neither (``token``, and each entry's token in a ``clients`` list): they may be rotated.
+# measure, which feeds only LEGEND's planner, whose inputs are measured timings anyway).
+# Client tokens are compared neither (``token``, and each entry's token in a ``clients``
+# list): they may be rotated.
 SERVING = frozenset({"host", "port", "tls", "insecure", "run_dir", "threads", "device",
                      "eval_batch_size", "join_timeout_s", "deadline_s", "token", "spool_bytes",
                      "open_run", "stream_idle_s", "tensorboard", "probe_links", "evaluate_every"})

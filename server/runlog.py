@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -110,6 +111,12 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, float):
         return o
     return str(o)
+
+
+def finite_number(v: Any) -> bool:
+    """A record value a chart can draw: a finite int or float (not a bool, a None, a NaN
+    score); the event files and the plots skip the others."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def sum_bytes(clients: Iterable[Record]) -> dict[str, dict[str, int | None]]:

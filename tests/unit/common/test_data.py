@@ -1,6 +1,8 @@
 """The built-in data, files read through Hugging Face ``datasets``, and the seeded splits:
 Dirichlet, IID and by a column's values."""
 
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pytest
@@ -164,8 +166,16 @@ def test_a_file_with_a_header_and_no_rows_is_refused(tmp_path):
         load_file(tmp_path / "d.parquet", "text", "label")
 
 
-def test_reading_a_file_writes_nothing_beside_it_or_in_the_home_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+def _tree(folder) -> set[str]:
+    return {str(p) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+def test_reading_a_file_writes_nothing_beside_it_or_in_the_home_cache(tmp_path):
+    """datasets' default cache (read when it is imported, so the test looks at the one in use)
+    gains nothing: each read builds in a temporary folder of its own."""
+    home_cache = Path(datasets.config.HF_DATASETS_CACHE)
+    before = _tree(home_cache)
     (tmp_path / "d.csv").write_text("text,label\na,X\nb,Y\n")
     load_file(tmp_path / "d.csv", "text", "label")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
+    assert _tree(home_cache) == before
