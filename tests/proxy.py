@@ -15,6 +15,13 @@ transfer. Two rules:
   arrived, the stream never closed.
 
 A cut closes every open connection of the proxy; later connections are forwarded untouched.
+
+A third rule does not cut but holds: ``hold_upload(nth)`` stops forwarding client-to-coordinator
+bytes just before the ``nth`` upload's second message (so the coordinator holds at most its first
+chunk and cannot accept it), sets ``held``, and keeps every connection's upward bytes waiting
+until ``release()``, which cuts the open connections (later ones are forwarded untouched). A
+client is thereby kept from finishing a chosen round's upload for as long as a test needs,
+whatever the timing.
 """
 
 from __future__ import annotations
@@ -79,6 +86,11 @@ class CutProxy:
         self._conns: list[tuple[socket.socket, socket.socket]] = []
         self._streams: dict[tuple[int, str, int], Messages] = {}
         self._closed = False
+        self.held = threading.Event()
+        self._open = threading.Event()  # clear while a hold keeps upward bytes back
+        self._open.set()
+        self._hold_at = 0               # the upload to hold (1 = the first); 0: none
+        self._uploads = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     # ------------------------------------------------------------------ rules
@@ -87,6 +99,15 @@ class CutProxy:
 
     def before_close(self, linger_s: float = 0.5) -> None:
         self.rule = Rule("up", 2, at_close=True, linger_s=linger_s)
+
+    def hold_upload(self, nth: int) -> None:
+        self._hold_at = nth
+
+    def release(self) -> None:
+        """Ends a hold: the held connections are cut, later ones forwarded."""
+        self._hold_at = 0
+        self._cut_all()
+        self._open.set()
 
     def close(self) -> None:
         self._closed = True
@@ -115,7 +136,9 @@ class CutProxy:
     def _pump(self, conn: int, src: socket.socket, dst: socket.socket, direction: str) -> None:
         try:
             if direction == "up":
-                dst.sendall(_read(src, len(PREFACE)))
+                preface = _read(src, len(PREFACE))
+                self._open.wait()
+                dst.sendall(preface)
             while True:
                 header = _read(src, 9)
                 length = int.from_bytes(header[:3], "big")
@@ -125,6 +148,8 @@ class CutProxy:
                 if kind == DATA and self._transfer_frame(conn, direction, stream, header, flags,
                                                          payload, dst):
                     return
+                if direction == "up":
+                    self._open.wait()
                 dst.sendall(header + payload)
         except OSError:
             pass
@@ -142,6 +167,11 @@ class CutProxy:
         if flags & PADDED and payload:
             body = payload[1 : len(payload) - payload[0]]
         msgs.feed(body)
+        if direction == "up" and before < 2 <= msgs.count:  # an upload's second message
+            self._uploads += 1
+            if self._uploads == self._hold_at:
+                self._open.clear()
+                self.held.set()
         rule = self.rule
         if rule is None or rule.direction != direction:
             return False

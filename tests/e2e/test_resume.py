@@ -1,7 +1,8 @@
 """Durable runs: the coordinator is SIGKILLed in the middle of round 2 (after an update of that
-round was accepted), the same command is started again on the same run folder, and the run
-ends with the final adapter bit-identical to a fault-free run of the same seed; the records
-hold every round once. A finished run folder is refused."""
+round was accepted, while another client's upload of it is held back by a proxy), the same
+command is started again on the same run folder, and the run ends with the final adapter
+bit-identical to a fault-free run of the same seed; the records hold every round once. A
+finished run folder is refused."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from fedlora.server.runlog import read_records
 from procs import finish, free_port, start_client, start_server, tail, wait_until
+from proxy import CutProxy
 from tbevents import scalars
 
 CLIENTS = ["client-0", "client-1", "client-2"]
@@ -27,7 +29,9 @@ def _config(tiny_model: Path, strategy: str, port: int) -> dict:
             "adapter": {"rank": 4, "alpha": 8.0, "dropout": 0.1},
             "training": {"max_steps": 3, "batch_size": 16, "learning_rate": 0.01},
             # top-k's error feedback is state the clients carry from round to round
-            "codec": {"upload": ["topk:0.3", "zstd:3"]}}
+            "codec": {"upload": ["topk:0.3", "zstd:3"]},
+            # uploads of several chunks: the proxy holds one back after its first
+            "chunk_bytes": 1024}
 
 
 def _wait(what: str, cond, timeout: float, procs: list[subprocess.Popen], log: Path):
@@ -49,9 +53,16 @@ def _fault_free(run_dir: Path, tiny_model: Path, strategy: str) -> Path:
 def _killed_and_resumed(run_dir: Path, tiny_model: Path, strategy: str) -> dict:
     config = _config(tiny_model, strategy, free_port())  # the clients must find it again
     server, address = start_server(run_dir, config)
-    clients = [start_client(run_dir, address, c) for c in CLIENTS]
+    # the last client's round-2 upload is held back until the restart, so round 2 cannot end
+    # before the kill however fast the others are (it once did: the round lasts 0.3 s)
+    proxy = CutProxy(address)
+    proxy.hold_upload(2)
+    held = CLIENTS[-1]
+    clients = [start_client(run_dir, proxy.address if c == held else address, c) for c in CLIENTS]
     coord_log = run_dir / "logs" / "coordinator.log"
     try:
+        _wait("the hold of " + held + "'s round-2 upload", proxy.held.is_set, 400, [server], coord_log)
+
         def first_upload_of_round_2():
             return next((r["client"] for r in read_records(run_dir / "metrics.jsonl")
                          if r["type"] == "upload" and r["round"] == 2), None)
@@ -62,12 +73,15 @@ def _killed_and_resumed(run_dir: Path, tiny_model: Path, strategy: str) -> dict:
         client_log = run_dir / "logs" / f"{cid}.log"
         _wait("the report of " + cid, lambda: "round 2: loss" in client_log.read_text(), 60, clients,
               client_log)
+        assert not any(r["type"] == "round" and r["round"] == 2
+                       for r in read_records(run_dir / "metrics.jsonl"))
         server.kill()
         server.wait()
         killed_at = time.time()
         (run_dir / "coordinator.json").unlink()  # the killed process's; the new one writes its own
         server, _ = start_server(run_dir, config)  # the same command, the same folder
         restarted_at = time.time()
+        proxy.release()  # the held client reconnects to the new coordinator
 
         def round_2_done():
             return any(r["type"] == "round" and r["round"] == 2 for r in read_records(run_dir / "metrics.jsonl"))
@@ -79,7 +93,9 @@ def _killed_and_resumed(run_dir: Path, tiny_model: Path, strategy: str) -> dict:
         for p in (server, *clients):
             if p.poll() is None:
                 p.kill()
+        proxy.close()
     assert codes == [0, 0, 0, 0], tail(coord_log)
+    assert cid != held
     figures = {"strategy": strategy, "killed_after_upload_of": cid,
                "seconds_to_restart": round(restarted_at - killed_at, 1),
                "seconds_from_kill_to_round_2": round(recovered_at - killed_at, 1)}
