@@ -10,13 +10,10 @@ import os
 import signal
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedlora import methods
 from fedlora.common.channel import grpc_options
@@ -29,7 +26,6 @@ from fedlora.common.tasks import Task, get_task
 from fedlora.common.tasks.base import COLUMN_FIELDS
 from fedlora.common.wire.protocol import MAX_MESSAGE_BYTES
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 from fedlora.server.admission import fixed_counts
 from fedlora.server.arenas import cap_arenas
 from fedlora.server.engine import Engine
@@ -38,13 +34,10 @@ from fedlora.server.eventfiles import attach
 from fedlora.server.journal import Journal
 from fedlora.server.metrics import Metrics
 from fedlora.server.runlog import RunLog, read_records, summarize
-from fedlora.server.calls import Calls
-from fedlora.server.service import CoordinatorService
+from fedlora.server.rpcserver import RpcServer
 from fedlora.common.tls import server_credentials
 
 log = logging.getLogger("fedlora.server")
-
-SERVICE_NAME = "fedlora.v1.Coordinator"
 
 
 def spec_data_fields(data: DataConfig, plan: SplitPlan, federated: bool) -> dict[str, Any]:
@@ -148,26 +141,18 @@ def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
                     fixed_counts=fixed_counts(read_records(runlog.metrics_path)) if resumed else None)
     runlog.on_error = engine.fail  # a disk that fills mid-run ends the run, with its reason
     metrics.count_connected(engine.sessions.connected)
-    calls = Calls(cfg.stream_idle_s)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=Calls.pool_size(len(entries))),
-                         options=server_options())
-    pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine, calls, metrics), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server = RpcServer(engine, metrics, cfg.stream_idle_s, server_options())
     if cfg.open_run:
         log.warning("OPEN RUN (open_run): clients are not authenticated; anyone reaching the port "
                     "may join as any client id")
     if credentials is None:
         log.warning("serving PLAINTEXT (--insecure): tokens and updates cross the network unencrypted")
-        port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
-    else:
-        port = server.add_secure_port(f"{cfg.host}:{cfg.port}", credentials)
+    port = server.add_port(f"{cfg.host}:{cfg.port}", credentials)
     if port == 0:
+        server.stop(None)
         raise ConfigError(f"config error: port: cannot bind {cfg.host}:{cfg.port}")
     server.start()
-    calls.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.serving(True)
     address = f"{cfg.host}:{port}"
     runlog.write_json("coordinator.json", {"address": address, "pid": os.getpid()})
     log.info("coordinator listening on %s (%s; run folder %s)", address,
@@ -210,10 +195,8 @@ def _serve(cfg: ServerConfig, metrics: Metrics) -> int:
     if not code and engine.completed >= cfg.rounds:
         journal.finish()
     _release_clients(engine, grace_s=10.0)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server.stop(grace=2.0).wait()
-    calls.stop()
+    server.serving(False)
+    server.stop(grace=2.0)
     if events is not None:
         events.close()
     runlog.close()

@@ -4,8 +4,8 @@ It knows nothing of any federated method: a :class:`Strategy` plans and aggregat
 enforces the plan and keeps the round's books. Sessions live in :mod:`.sessions`, transfer
 bytes in :mod:`.transfers` (the engine sees one verified blob per client and round), update
 checks in :mod:`.updates`, records in :mod:`.records`. All round state lives behind one
-condition variable, shared with the sessions; gRPC handler threads call in, the main thread
-runs :meth:`Engine.run`. The coordinator's evaluation of each aggregate runs beside the next
+condition variable, shared with the sessions; the gRPC service calls in from a few worker
+threads (:mod:`.rpcserver`), the main thread runs :meth:`Engine.run`. The coordinator's evaluation of each aggregate runs beside the next
 round (:mod:`.evaluation`): nothing a client waits for depends on it.
 """
 
@@ -26,7 +26,6 @@ from fedlora.common.evaluate import Score
 from fedlora.common.launch import seconds_since_launch
 from fedlora.common.wire.blob import Blob
 from fedlora.common.wire.codec import Chain
-from fedlora.common.wire.protocol import LONG_POLL_MAX_S
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server import records
 from fedlora.server.admission import (EXAMPLES_RECORD, ExampleCounts, check_decline, check_numbers,
@@ -82,30 +81,27 @@ class Engine:
         self.down_chain = Chain.parse(cfg.codec.download)
         self._last_refusals: dict[str, str] = {}
         self.turned_away: set[str] = set()
+        # told (under the condition) when :meth:`task` may answer anyone differently: a round
+        # opened, or the run ended; the long polls wait for it (:mod:`.service`)
+        self.on_board: Callable[[], None] = lambda: None
 
     # ----------------------------------------------------------------- client-facing calls
-    def task(self, session: str, last_round: int, wait_s: float,
-             connected: Callable[[], bool] = lambda: True) -> pb.Task:
-        """Long poll: a plan as soon as the client has one, DONE at the end, else WAIT. While
-        the call is held and ``connected``, the client counts as heard (checked every
-        ``SWEEP_S``), so a long poll never makes a client look silent, and a client that hung
-        up stops counting at once."""
-        end = time.time() + max(0.0, min(wait_s, LONG_POLL_MAX_S))
-        with self.cond:
-            while True:
-                cid = self.sessions.check_session(session)
-                if self.done:
-                    return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete",
-                                   failed=bool(self.error))
-                r = self.current
-                if (r is not None and r.open and cid in r.instructions
-                        and cid not in r.accepted and cid not in r.refused and cid not in r.lost):
-                    return pb.Task(kind=pb.Task.TRAIN, round=r.number,
-                                   plan=r.instructions[cid].plan)
-                left = end - time.time()
-                if left <= 0 or not connected():
-                    return pb.Task(kind=pb.Task.WAIT, retry_after_ms=200)
-                self.cond.wait(min(left, SWEEP_S))
+    def task(self, session: str) -> pb.Task | None:
+        """What a client's long poll answers now: its plan, DONE at the end, or None (nothing
+        yet: the poll waits for :attr:`on_board`). Without the condition, so the long polls of a
+        thousand clients never queue behind an aggregation or a journal commit that holds it:
+        everything it reads only moves forward (the current round, its clients' outcomes, the
+        end of the run) and is read an attribute or a key at a time, so it answers what the
+        locked version could have answered a moment earlier or later."""
+        cid = self.sessions.check_session(session)
+        if self.done:
+            return pb.Task(kind=pb.Task.DONE, message=self.error or "run complete",
+                           failed=bool(self.error))
+        r = self.current
+        if (r is not None and r.open and cid in r.instructions
+                and cid not in r.accepted and cid not in r.refused and cid not in r.lost):
+            return pb.Task(kind=pb.Task.TRAIN, round=r.number, plan=r.instructions[cid].plan)
+        return None
 
     def download_blob(self, session: str, rnd: int) -> tuple[str, Blob]:
         """The client's id and the global state it downloads in round ``rnd``."""
@@ -302,6 +298,7 @@ class Engine:
             self.transfers.open(rnd)
             self.current = r
             self.cond.notify_all()
+            self.on_board()
         with self.cond:
             while not (r.settled() or self.done) and time.time() < r.deadline:
                 self.cond.wait(min(max(0.0, r.deadline - time.time()), SWEEP_S))
@@ -415,6 +412,7 @@ class Engine:
             if self.current is not None:
                 self.current.open = False
             self.cond.notify_all()
+            self.on_board()
         if error and not logged:
             log.error("%s", error)
         return 1 if error else 0

@@ -11,11 +11,11 @@ session is *live* while its client was heard within ``client_timeout_s``:
   waiting for its client), after which the id is free for a new process;
 - a session also ends when its client is turned away (:meth:`Sessions.end`).
 
-Locking: the engine's condition is shared, not copied. Every method takes it (it is
-re-entrant), so handler threads may call in directly and the engine may call in while it
-holds it; joins and ends notify it, because the round loop waits on it for clients. Two
-readers do without it: :meth:`Sessions.heard` (every chunk) and :meth:`Sessions.connected`
-(every metrics scrape).
+Locking: the engine's condition is shared, not copied. The methods that change state take
+it (it is re-entrant), so the service's worker threads may call in directly and the engine may
+call in while it holds it; joins and ends notify it, because the round loop waits on it for
+clients. Three readers do without it: :meth:`Sessions.client` (every call's session check), :meth:`Sessions.heard`
+(every chunk) and :meth:`Sessions.connected` (every metrics scrape).
 """
 
 from __future__ import annotations
@@ -125,14 +125,15 @@ class Sessions:
             return pb.JoinReply(session_id=st.session, spec=spec)
 
     def client(self, session: str) -> ClientState:
-        """The client holding ``session``, now heard; UNAUTHENTICATED if none does."""
-        with self.cond:
-            cid = self._by_session.get(session)
-            if cid is None:
-                raise Refused(Status.UNAUTHENTICATED, "unknown or expired session: join again")
-            st = self.clients[cid]
-            st.last_seen = self.clock.now()
-            return st
+        """The client holding ``session``, now heard; UNAUTHENTICATED if none does. Without the
+        condition, like :meth:`heard`: one key read (a join or an end replaces the key whole)
+        and one float store, so every call's session check is answered at once."""
+        cid = self._by_session.get(session)
+        if cid is None:
+            raise Refused(Status.UNAUTHENTICATED, "unknown or expired session: join again")
+        st = self.clients[cid]
+        st.last_seen = self.clock.now()
+        return st
 
     def check_session(self, session: str) -> str:
         """The id of the client holding ``session`` (now heard); UNAUTHENTICATED if none does."""

@@ -5,6 +5,7 @@ evaluations block until the test lets them end; and the evaluation copy, on a re
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -97,12 +98,13 @@ class Run:
     def _run(self) -> None:
         self.code = self.engine.run()
 
-    def next_task(self, last: int) -> pb.Task:
+    def next_task(self) -> pb.Task:
         """The client's long poll, until it is told something other than WAIT."""
-        for _ in range(int(WAIT_S / 0.2)):
-            t = self.engine.task(self.session, last, wait_s=0.2)
-            if t.kind != pb.Task.WAIT:
+        for _ in range(int(WAIT_S / 0.05)):
+            t = self.engine.task(self.session)
+            if t is not None:
                 return t
+            time.sleep(0.05)
         raise AssertionError("no task within the wait")
 
     def train(self, task: pb.Task) -> None:
@@ -128,17 +130,17 @@ class Run:
 
 def test_the_next_round_is_planned_while_the_last_aggregate_is_still_being_evaluated(tmp_path):
     run = Run(tmp_path, rounds=2)
-    t1 = run.next_task(0)
+    t1 = run.next_task()
     assert t1.kind == pb.Task.TRAIN and t1.round == 1  # round 0's evaluation has not ended
     assert run.records("round") == []
     run.evals.gates[0].set()
     run.train(t1)
-    t2 = run.next_task(1)
+    t2 = run.next_task()
     assert t2.kind == pb.Task.TRAIN and t2.round == 2  # round 1's evaluation has not ended
     assert [r["round"] for r in run.records("round")] == [0]
     run.evals.gates[1].set()
     run.train(t2)
-    assert run.next_task(2).kind == pb.Task.DONE
+    assert run.next_task().kind == pb.Task.DONE
     assert run.finish() == 0
     recs = run.records()
     order = [(r["type"], r["round"]) for r in recs if r["type"] in ("round_start", "round")]
@@ -155,7 +157,7 @@ def test_the_next_round_is_planned_while_the_last_aggregate_is_still_being_evalu
 
 def _play(run: Run, rounds: int) -> None:
     for rnd in range(1, rounds + 1):
-        t = run.next_task(rnd - 1)
+        t = run.next_task()
         assert (t.kind, t.round) == (pb.Task.TRAIN, rnd)
         run.train(t)
     run.evals.gates[0].set()
@@ -185,9 +187,9 @@ def test_evaluate_every_scores_every_kth_round_and_the_last(tmp_path):
 def test_the_run_ends_only_after_the_last_evaluation_has_landed(tmp_path):
     run = Run(tmp_path, rounds=1)
     run.evals.gates[0].set()
-    t = run.next_task(0)
+    t = run.next_task()
     run.train(t)
-    assert run.next_task(1).kind == pb.Task.DONE  # the clients are released at once
+    assert run.next_task().kind == pb.Task.DONE  # the clients are released at once
     run.thread.join(0.5)
     assert run.thread.is_alive() and [r["round"] for r in run.records("round")] == [0]
     assert run.finish() == 0
@@ -198,7 +200,7 @@ def test_a_failed_evaluation_fails_the_run_with_its_reason(tmp_path):
     run = Run(tmp_path, rounds=2, fail_at=1)
     for g in run.evals.gates:
         g.set()
-    t = run.next_task(0)
+    t = run.next_task()
     run.train(t)
     assert run.finish() == 1
     assert "evaluation of round 1 failed: the test split is gone" in run.engine.error

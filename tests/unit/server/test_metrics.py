@@ -5,7 +5,6 @@ failing observer never stops the run log."""
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 
 import grpc
 import pytest
@@ -15,11 +14,10 @@ from fedlora.common.evaluate import Score
 from fedlora.common.wire.protocol import SESSION_METADATA
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
-from fedlora.server.calls import Calls
 from fedlora.server.engine import Engine
 from fedlora.server.metrics import Metrics
+from fedlora.server.rpcserver import RpcServer
 from fedlora.server.runlog import LEVELS, RunLog
-from fedlora.server.service import CoordinatorService
 
 
 def value(m: Metrics, metric: str, **labels: str) -> float | None:
@@ -98,12 +96,9 @@ def coordinator(tmp_path):
     runlog.observers.append(metrics.observe)
     engine = Engine(cfg, None, pb.RunSpec(), runlog, lambda: Score(0.0, 0.0, 0))
     metrics.count_connected(engine.sessions.connected)
-    calls = Calls(cfg.stream_idle_s)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pbg.add_CoordinatorServicer_to_server(CoordinatorService(engine, calls, metrics), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    server = RpcServer(engine, metrics, cfg.stream_idle_s, [])
+    port = server.add_port("127.0.0.1:0", None)
     server.start()
-    calls.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pbg.CoordinatorStub(channel)
     try:
@@ -112,8 +107,7 @@ def coordinator(tmp_path):
         yield stub, session, metrics
     finally:
         channel.close()
-        server.stop(None).wait()
-        calls.stop()
+        server.stop(None)
         runlog.close()
 
 
