@@ -3,7 +3,9 @@ over real gRPC, one at a time, and records the statuses it got (shared by the e2
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 
 import grpc
 import torch
@@ -17,6 +19,16 @@ from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
 
 CHUNK = 1024
 TOKEN = "tm"  # the token the tests configure for the id "mallory"
+
+
+def beat(stub: pbg.CoordinatorStub, session: str, stop: threading.Event) -> None:
+    """Keeps a session live until ``stop`` (the run waits for every live client to be planned
+    or not, and gives up one silent for ``client_timeout_s``)."""
+    while not stop.wait(2.0):
+        try:
+            stub.Heartbeat(pb.HeartbeatRequest(session_id=session), timeout=10)
+        except grpc.RpcError:
+            pass
 
 
 class Mallory:
@@ -75,7 +87,10 @@ class Mallory:
         return pack(tensors, {"round": rnd, "client": "mallory", "num_examples": 100,
                               "upload_kind": "delta"}, Chain.parse(["zstd:3"])).data
 
-    def play(self, deadline: float) -> None:
+    def play(self, deadline: float, round_1_done: Callable[[], None] = lambda: None) -> None:
+        """Every rule broken once; ``round_1_done`` is called once Mallory's round-1 refusals
+        are all in (a test holding an honest client's upload back releases it there, so round 1
+        is still open for each of them)."""
         self._try("unknown_client", lambda: self.stub.Join(pb.JoinRequest(client_id="eve"), timeout=30))
         self._try("wrong_token", lambda: self.stub.Join(
             pb.JoinRequest(client_id="client-0", token="guess"), timeout=30))
@@ -108,6 +123,7 @@ class Mallory:
         nan[name].view(-1)[0] = float("nan")
         self._try("nan_update", lambda: self.upload(rnd, self.blob(rnd, nan)))
         self._try("upload_after_final_refusal", lambda: self.upload(rnd, data))
+        round_1_done()
         task = self.next_train(deadline)
         rnd2 = task.round
         self.global2 = self.download(task)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from fedlora.server.runlog import read_records
+
 
 def cli(*args: str, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -82,12 +84,11 @@ def tail(path: Path, n: int = 40) -> str:
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["type"] == kind:
-            out.append(rec)
-    return out
+    """The records of ``kind``; read mid-run too (a line being written is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return [r for r in read_records(path) if r["type"] == kind]
 
 
 def wait_until(what: str, check, timeout: float, procs: list[subprocess.Popen] = ()):

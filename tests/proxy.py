@@ -11,8 +11,10 @@ transfer. Two rules:
   coordinator), of a stream that already carried ``after`` whole messages, forward half of the
   frame and cut: the transfer breaks in the middle of a chunk.
 - ``before_close()``: when an upload stream ends (DATA with END_STREAM after at least two
-  messages), forward that frame without END_STREAM, wait ``linger_s``, and cut: every byte
-  arrived, the stream never closed.
+  messages), forward that frame without END_STREAM, wait until ``taken()`` says the
+  coordinator has the bytes (a record of the accepted upload; not a sleep: how long it takes to
+  read them depends on the machine's load), and cut: every byte arrived, the stream never
+  closed.
 
 A cut closes every open connection of the proxy; later connections are forwarded untouched.
 
@@ -29,10 +31,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, END_STREAM, PADDED = 0x0, 0x1, 0x8
+TAKEN_TIMEOUT_S = 120.0  # before_close cuts anyway after this: the test's assertions then say why
 
 
 @dataclass
@@ -40,7 +44,7 @@ class Rule:
     direction: str      # "up" (client -> coordinator) or "down"
     after: int = 2      # whole messages the stream carried before the cut
     at_close: bool = False
-    linger_s: float = 0.5
+    taken: Callable[[], bool] | None = None
 
 
 class Messages:
@@ -97,8 +101,8 @@ class CutProxy:
     def mid_stream(self, direction: str, after: int = 2) -> None:
         self.rule = Rule(direction, after)
 
-    def before_close(self, linger_s: float = 0.5) -> None:
-        self.rule = Rule("up", 2, at_close=True, linger_s=linger_s)
+    def before_close(self, taken: Callable[[], bool]) -> None:
+        self.rule = Rule("up", 2, at_close=True, taken=taken)
 
     def hold_upload(self, nth: int) -> None:
         self._hold_at = nth
@@ -183,7 +187,9 @@ class CutProxy:
         if rule.at_close and flags & END_STREAM and msgs.count >= rule.after:
             self.rule = None
             dst.sendall(header[:4] + bytes([flags & ~END_STREAM]) + header[5:] + payload)
-            time.sleep(rule.linger_s)
+            end = time.time() + TAKEN_TIMEOUT_S
+            while not rule.taken() and time.time() < end:
+                time.sleep(0.05)
             self._record("before_close", direction, msgs.count)
             return True
         return False

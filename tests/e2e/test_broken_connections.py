@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from procs import finish, records, start_client, start_server, tail
+from procs import finish, recorded, records, start_client, start_server, tail
 from proxy import CutProxy
 
 CHUNK = 1024
@@ -24,7 +24,7 @@ def cut_run(tmp_path_factory, tiny_model):
     proxies = {c: CutProxy(address) for c in CLIENTS}
     proxies["cut-up"].mid_stream("up")
     proxies["cut-down"].mid_stream("down")
-    proxies["cut-close"].before_close()
+    proxies["cut-close"].before_close(lambda: bool(recorded(run_dir, "upload", client="cut-close")))
     clients = [start_client(run_dir, proxies[c].address, c, "", "--set", "probe_bytes=0")
                for c in CLIENTS]
     try:

@@ -9,9 +9,11 @@ import signal
 
 import pytest
 
-from procs import finish, logged, recorded, records, start_client, start_server, tail, wait_until
+from procs import finish, recorded, records, start_client, start_server, tail, wait_until
+from proxy import CutProxy
 
-TIMEOUT_S = 4.0    # client_timeout_s: small, so the tests do not wait long
+TIMEOUT_S = 8.0    # client_timeout_s: small, so the tests do not wait long (not so small that
+# a live client's heartbeats, every TIMEOUT_S / 4, miss it on a loaded machine)
 DEADLINE_S = 900   # far longer than any of these runs may take: waiting for it fails the test
 
 
@@ -21,18 +23,25 @@ def killed(tmp_path_factory, tiny_model):
     server, address = start_server(run_dir, {
         "model": str(tiny_model), "rounds": 3, "min_clients": 2, "clients": 3, "seed": 2,
         "deadline_s": DEADLINE_S, "client_timeout_s": TIMEOUT_S,
+        "chunk_bytes": 1024,  # uploads of several chunks: the proxy holds one after its first
         "training": {"max_steps": 20, "batch_size": 8}})
-    clients = [start_client(run_dir, address, f"client-{i}", verbose=True) for i in range(3)]
+    # client-2's round-1 upload is held back by a proxy, so it is killed before its update can
+    # be accepted, however fast its training
+    proxy = CutProxy(address)
+    proxy.hold_upload(1)
+    clients = [start_client(run_dir, proxy.address if i == 2 else address, f"client-{i}")
+               for i in range(3)]
     try:
-        wait_until("client-2 training round 1",
-                   lambda: logged(run_dir / "logs" / "client-2.log", "round 1: training"), 300,
-                   [server])
+        wait_until("client-2's round-1 upload held", proxy.held.is_set, 300, [server])
         clients[2].send_signal(signal.SIGKILL)
+        clients[2].wait()
+        proxy.release()
         codes = finish([server, clients[0], clients[1]], timeout=300)
     finally:
         for p in [server, *clients]:
             if p.poll() is None:
                 p.kill()
+        proxy.close()
     assert codes == [0, 0, 0], tail(run_dir / "logs" / "coordinator.log")
     return run_dir
 

@@ -16,7 +16,7 @@ from procs import start_server, tail
 
 CLIENTS = 200
 CHANNELS = 4
-WAIT_S = 8  # each long poll's wait_seconds: held that long, then answered WAIT
+WAIT_S = 20  # each long poll's wait_seconds: held that long, then answered WAIT
 
 
 def threads(pid: int) -> int:

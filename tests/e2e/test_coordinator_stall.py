@@ -1,4 +1,4 @@
-"""A coordinator that stands still for a minute (SIGSTOP, then SIGCONT) is a passing state for
+"""A coordinator that stands still for 75 s (SIGSTOP, then SIGCONT) is a passing state for
 its clients: the one training and the ones long-polling keep retrying, nobody exits, nobody is
 given up (the coordinator does not count its own stall as their silence), and the run completes.
 """
@@ -13,10 +13,11 @@ import pytest
 from procs import finish, logged, recorded, records, start_client, start_server, tail, wait_until
 
 CLIENTS = ["client-0", "client-1", "client-2"]
-STALL_S = 60
+STALL_S = 75  # past a long poll's whole life (its wait, then its call timeout): every client
+# has a call fail during the stall, whenever its last poll began
 
 
-pytestmark = pytest.mark.slow  # about two minutes, one of them the stall
+pytestmark = pytest.mark.slow  # about two minutes and a half, 75 s of them the stall
 
 
 @pytest.fixture(scope="module")

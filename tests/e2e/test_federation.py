@@ -18,6 +18,7 @@ from fedlora.common.evaluate import EvalOptions
 from fedlora.common.wire.blob import unpack
 from mallory import CHUNK, TOKEN, Mallory
 from procs import finish, records, start_client, start_server, tail
+from proxy import CutProxy
 
 HONEST = ["client-0", "client-1", "client-2"]
 TOKENS = {"client-0": "t0", "client-1": "t1", "client-2": "t2", "mallory": TOKEN}
@@ -32,15 +33,22 @@ def federation(tmp_path_factory, tiny_model):
         "adapter": {"rank": 8, "alpha": 16},
     }
     server, address = start_server(run_dir, config)
-    clients = [start_client(run_dir, address, c, TOKENS[c]) for c in HONEST]
+    # client-2's round-1 upload is held back (if it comes first) until Mallory's round-1
+    # refusals are in: round 1 stays open for all of them (the honest clients' round takes
+    # well under a second)
+    proxy = CutProxy(address)
+    proxy.hold_upload(1)
+    clients = [start_client(run_dir, proxy.address if c == HONEST[-1] else address, c, TOKENS[c])
+               for c in HONEST]
     mallory = Mallory(address)
     try:
-        mallory.play(time.time() + 400)
+        mallory.play(time.time() + 400, round_1_done=proxy.release)
         codes = finish([server, *clients], timeout=300)
     finally:
         for p in [server, *clients]:
             if p.poll() is None:
                 p.kill()
+        proxy.close()
     assert codes == [0, 0, 0, 0], tail(run_dir / "logs" / "coordinator.log")
     return run_dir, {**mallory.results, "global2": mallory.global2}
 

@@ -23,7 +23,8 @@ from fedlora.common.tls import channel_credentials, make_certs
 from fedlora.common.wire.protocol import SESSION_METADATA
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.proto.v1 import fedlora_pb2_grpc as pbg
-from procs import cli, finish, records, start_client, start_server, tail
+from mallory import beat
+from procs import cli, finish, logged, records, start_client, start_server, tail, wait_until
 
 HONEST = ["client-0", "client-1", "client-2"]
 SILENT = 64
@@ -63,15 +64,6 @@ def _codes(futures: list[grpc.Future]) -> dict[str, int]:
             name = e.code().name
         out[name] = out.get(name, 0) + 1
     return out
-
-
-def _beat(stub, session: str, stop: threading.Event) -> None:
-    """Keeps a session live (the run waits for every live client to be planned or not)."""
-    while not stop.wait(2.0):
-        try:
-            stub.Heartbeat(pb.HeartbeatRequest(session_id=session), timeout=10)
-        except grpc.RpcError:
-            pass
 
 
 def _join(stub, cid: str, token: str) -> tuple[str, str]:
@@ -124,9 +116,13 @@ def siege(request, tmp_path_factory, tiny_model):
             session = attacker.Join(pb.JoinRequest(client_id="mallory", token=tokens["mallory"],
                                                    profile=pb.DeviceProfile(num_examples=100)),
                                     timeout=30).session_id
-            threading.Thread(target=_beat, args=(attacker, session, stop), daemon=True).start()
+            threading.Thread(target=beat, args=(attacker, session, stop), daemon=True).start()
             held["upload, own session"] = _hold(attacker.Upload, SILENT, stop, session)
             held["probe, own session"] = _hold(attacker.ProbeUpload, SILENT, stop, session)
+            # the idle ones under its session are cancelled before any honest client starts
+            wait_until("mallory's idle streams cancelled", lambda: logged(
+                run_dir / "logs" / "coordinator.log", "upload stream of client mallory idle for"),
+                60, [server])
         time.sleep(1.0)  # the streams are open before any honest client starts
         clients = [start_client(run_dir, address, c, tokens[c], *client_flags) for c in HONEST]
         codes = finish([server, *clients], timeout=400)

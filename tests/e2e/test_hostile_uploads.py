@@ -22,7 +22,7 @@ from fedlora.common.wire.chunks import sha256
 from fedlora.common.wire.codec import Chain
 from fedlora.common.wire.protocol import MAX_CHUNK_BYTES, SESSION_METADATA
 from fedlora.proto.v1 import fedlora_pb2 as pb
-from mallory import Mallory
+from mallory import Mallory, beat
 from procs import finish, records, start_client, start_server, tail
 
 pytestmark = pytest.mark.slow
@@ -154,10 +154,13 @@ def hostile(tmp_path_factory, tiny_model):
     honest = [start_client(run_dir, address, c, f"t-{c}") for c in HONEST]
     results: dict[str, tuple] = {}
     growth: dict[str, int] = {}
+    stop = threading.Event()
     try:
         attackers = [Attacker(address, c) for c in ATTACKS]
         for a in attackers:
             a.join()
+            # live while the others attack (a bomb takes a while to make), not given up as silent
+            threading.Thread(target=beat, args=(a.stub, a.session, stop), daemon=True).start()
         end = time.time() + 300
         for a in attackers:
             task = a.next_train(end)
@@ -169,6 +172,7 @@ def hostile(tmp_path_factory, tiny_model):
         codes = finish([server, *honest], timeout=300)
         (run_dir / "peak-rss-growth.json").write_text(json.dumps(growth))  # for whoever reads the run
     finally:
+        stop.set()
         for p in (server, *honest):
             if p.poll() is None:
                 p.kill()

@@ -11,7 +11,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from procs import finish, free_port, records, start_client, start_server, tail, wait_until
+from fedlora.server.runlog import read_records
+from procs import finish, free_port, start_client, start_server, tail, wait_until
+from proxy import CutProxy
 
 CLIENTS = ["client-0", "client-1", "client-2"]
 MEASURED = ("tensor_bytes", "payload_bytes", "grpc_bytes")  # iface: not measurable on loopback
@@ -39,8 +41,14 @@ def test_the_metrics_endpoint_is_scraped_during_a_run(tmp_path, tiny_model):
     server, address = start_server(run_dir, {
         "model": str(tiny_model), "rounds": 3, "min_clients": 3, "clients": len(CLIENTS),
         "seed": 2, "metrics_port": port,
+        "chunk_bytes": 1024,  # uploads of several chunks: the proxy holds one after its first
         "training": {"max_steps": 2, "batch_size": 16, "learning_rate": 0.01}})
-    clients = [start_client(run_dir, address, c) for c in CLIENTS]
+    # client-2's round-2 upload is held back until the scrape and the reads after it are done:
+    # the run is still going then, however fast its rounds (round 1's record lands beside round 2)
+    proxy = CutProxy(address)
+    proxy.hold_upload(2)
+    clients = [start_client(run_dir, proxy.address if c == CLIENTS[-1] else address, c)
+               for c in CLIENTS]
     procs = [server, *clients]
     try:
         def a_round_done():
@@ -49,14 +57,17 @@ def test_the_metrics_endpoint_is_scraped_during_a_run(tmp_path, tiny_model):
 
         text, samples = wait_until("a round in the scrape", a_round_done, timeout=300, procs=procs)
         # read after the scrape: what it counted, and maybe more of the next round
-        after = records(run_dir, "client")
-        uploads_after = len(records(run_dir, "upload"))
-        rounds_after = len([r for r in records(run_dir, "round") if r["round"] > 0])
+        recs = read_records(run_dir / "metrics.jsonl")  # mid-run: a half-written line is skipped
+        after = [r for r in recs if r["type"] == "client"]
+        uploads_after = len([r for r in recs if r["type"] == "upload"])
+        rounds_after = len([r for r in recs if r["type"] == "round" and r["round"] > 0])
+        proxy.release()
         codes = finish(procs, timeout=300)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        proxy.close()
     assert codes == [0, 0, 0, 0], tail(run_dir / "logs" / "coordinator.log")
     print("\n" + "\n".join(line for line in text.splitlines()
                            if line.startswith("fedlora_") and "_created" not in line
