@@ -11,15 +11,18 @@ the expected choice is plain to read; the factors are seeded random.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedlora.methods.sa_fedlora.importance import IMPORTANCE_PREFIX
 from fedlora.methods.sa_fedlora.strategy import SAFedLoRA
 from fedlora.proto.v1 import fedlora_pb2 as pb
+from fedlora.server.journal import Journal
 from fedlora.server.strategy import ClientInfo
 from strategies import build_strategy, seeded_update
 
 ALPHA, R_MAX, BUDGET = 8.0, 4, 8
+BETA = 0.85  # methods.md: "smoothed by EMA (beta1=0.85)"; sa_fedlora.round_beta's default
 CLIENTS = [ClientInfo("a", 0, 10, pb.DeviceProfile()), ClientInfo("b", 1, 30, pb.DeviceProfile())]
 P = {c.id: c.num_examples / sum(d.num_examples for d in CLIENTS) for c in CLIENTS}
 
@@ -127,3 +130,55 @@ def test_pruned_layers_average_their_factors_in_their_own_scaling(tiny_model, tm
     for name in s.others:
         torch.testing.assert_close(s.model.state()[name].double(), _mean(updates, name), rtol=1e-5, atol=1e-7)
 
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["one-process", "resumed-after-round-1"])
+def test_pruning_follows_the_importance_smoothed_across_rounds(tiny_model, tmp_path, resumed):
+    """Round 1 (budget kept) scores triplets 0 and 1 of every layer high; round 2 scores 2 and
+    3 a little higher than 0 and 1 are then, and pruning follows. The importance is an EMA
+    across rounds, AdaLoRA's started at zero: ``I_1 = (1 - beta) s_1``,
+    ``I_2 = beta I_1 + (1 - beta) s_2``, so round 1 still decides (triplets 0 and 1 survive),
+    where round 2's scores alone would keep 2 and 3. A coordinator restarted after round 1
+    (resumed from its journal) prunes the same way."""
+    s = _sa(tiny_model, tmp_path, heating_rounds=2)
+    s1 = _scores(s, {cid: [1.0, 0.9, 0.0, 0.0] for cid in P})
+    s2 = _scores(s, {cid: [0.0, 0.0, 0.2, 0.25] for cid in P})
+    _play(s, 1, s1)
+    assert sum(s.layer_ranks.values()) == 16  # heating: nothing pruned yet
+    if resumed:
+        journal = Journal(tmp_path)
+        journal.open(s.cfg)
+        entry = journal.commit(1, *s.state(), (0, 0))
+        s = _sa(tiny_model, tmp_path, heating_rounds=2)
+        s.restore(journal.state(entry), entry.meta)
+    updates = _play(s, 2, s2)
+    smoothed = {p: BETA * (1 - BETA) * s1["a"][p] + (1 - BETA) * s2["a"][p] for p in s.pairs}
+    kept = _top(smoothed, BUDGET)
+    assert kept != _top({p: s2["a"][p] for p in s.pairs}, BUDGET)
+    for path, k in kept.items():
+        torch.testing.assert_close(_product(s, path), _kept_product(s, updates, path, k, R_MAX),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_a_surviving_triplet_keeps_its_own_smoothed_importance_through_the_svd(tiny_model, tmp_path):
+    """Pruning keeps triplets 1 and 2; the SVD that re-factorises them puts the stronger
+    (triplet 2: ||B[:, 2]|| ||A[2]|| = 0.03 against 0.01) first. The smoothed importance moves
+    with it, so the next pruning judges each new triplet by its own history: ``(1 - beta)``
+    times triplet 2's score, then triplet 1's. The factors are orthogonal here, as a layer's
+    triplets are right after a re-factorisation, so the SVD's triplets are the kept ones."""
+    s = _sa(tiny_model, tmp_path)
+    scores = _scores(s, {cid: [0.1, 0.5, 0.4, 0.0] for cid in P})
+    strength = torch.tensor([0.04, 0.01, 0.03, 0.02])
+    inst = s.configure(1, CLIENTS)
+    for c in CLIENTS:
+        update = seeded_update(inst[c.id].expected, seed=c.partition)
+        for path, (a, b) in s.pairs.items():
+            d_in, d_out = s.dims[path]
+            update[a] = torch.eye(R_MAX, d_in)
+            update[b] = torch.eye(d_out, R_MAX) * strength
+        update.update({IMPORTANCE_PREFIX + p: v.float() for p, v in scores[c.id].items()})
+        s.fold(1, c, update, float(c.num_examples))
+    s.aggregate(1)
+    for path in s.pairs:
+        torch.testing.assert_close(s.importance[path], (1 - BETA) * scores["a"][path][[2, 1]].double())
+        A = s.layer_factors(path, 2)[0]
+        assert abs(float(A[0, 2])) == pytest.approx(1.0) and abs(float(A[1, 1])) == pytest.approx(1.0)

@@ -87,3 +87,4 @@ def test_the_state_beyond_the_adapter_is_journaled(tiny_model, tmp_path):
     _play(sa, 1)
     ranks = sa.state()[1]["layer_ranks"]
     assert sum(ranks.values()) < 4 * len(ranks)  # annealed: fewer than r_max everywhere
+    assert {n for n in sa.state()[0] if n.startswith("importance/")} == {"importance/" + p for p in ranks}
