@@ -2,8 +2,9 @@
 the output, chosen from each device's measured profile so predicted round times even out.
 
 Every round the planner (planner.py) reads each sampled client's latest profile:
-per-block forward/backward seconds (measured at join, rescaled every round by how the
-round's steps really went), upload and download rates (the join probe, then the round's real
+per-block forward/backward seconds (measured at join, then fitted every round to the step
+times measured at the depths the client really ran: client.py, fit_block_seconds), upload and
+download rates (the join probe, then the round's real
 transfers) and the plan's local steps, and assigns a depth and per-block ranks. Layers are
 aggregated over the clients that trained them, mixed ranks with the HetLoRA or FlexLoRA rule
 (``ranks.rule``). The predicted time of every client is logged with the round (and the

@@ -1,0 +1,140 @@
+"""LEGEND's client half and strategy: the profile refreshed with a round's evidence, the plan's
+prediction recorded per client, and the aggregation weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedlora.common.wire.stats import TransferStats
+from fedlora.methods.legend.client import LegendClient
+from fedlora.proto.v1 import fedlora_pb2 as pb
+
+L = 6
+FWD, BWD, FIXED, BATCH = 0.05, 0.10, 0.10, 32  # seconds per block per step of BATCH examples
+STEPS = 30
+
+
+def join_profile() -> pb.DeviceProfile:
+    """What a client measures at join: every block's forward and backward (backward through
+    every block: the full-depth step), link rates from the probe."""
+    p = pb.DeviceProfile(num_examples=500, upload_bytes_per_second=1e6, download_bytes_per_second=4e6)
+    for i in range(L):
+        p.layer_seconds[f"fwd.{i}"] = FWD
+        p.layer_seconds[f"bwd.{i}"] = BWD
+    p.layer_seconds["fixed"] = FIXED
+    p.layer_seconds["step"] = L * FWD + L * BWD + FIXED
+    p.layer_seconds["batch"] = BATCH
+    return p
+
+
+def step_at(depth: int, slow: float = 1.0) -> float:
+    """The true seconds of one step at ``depth`` on a device ``slow`` times slower than at join."""
+    return slow * (L * FWD + depth * BWD + FIXED)
+
+
+def predicted_step(p: pb.DeviceProfile, depth: int) -> float:
+    """The planner's compute per step (methods/legend/planner.py: every block's forward, the
+    top ``depth`` blocks' backward, the fixed part) from a profile's block times."""
+    ls = p.layer_seconds
+    return (sum(ls[f"fwd.{i}"] for i in range(L)) + sum(ls[f"bwd.{i}"] for i in range(L - depth, L))
+            + ls["fixed"])
+
+
+def client() -> LegendClient:
+    c = LegendClient(ctx=None)  # round_profile reads no context
+    c._profile = join_profile()
+    return c
+
+
+def play(c: LegendClient, depth: int, slow: float = 1.0) -> pb.DeviceProfile:
+    """One round at ``depth`` whose steps take what they really take on the device."""
+    plan = pb.Plan(round=1)
+    plan.options["legend_depth"] = str(depth)
+    train = STEPS * step_at(depth, slow)
+    metrics = {"steps": float(STEPS), "examples_seen": float(STEPS * BATCH), "train_seconds": train,
+               "round_seconds": train + 3.0}
+    down = TransferStats(payload_bytes=1 << 20, seconds=1.0)
+    up = TransferStats(payload_bytes=1 << 20, seconds=1.5)
+    return c.round_profile(plan, metrics, down, up)
+
+
+def test_a_shallow_rounds_evidence_predicts_that_depth_as_measured():
+    """The bias of scaling every block by (depth-d step / full-depth step at join): depth 2 of 6
+    was predicted at 0.36 s a step against 0.60 s measured, and stayed there round after round."""
+    c = client()
+    for _ in range(3):
+        p = play(c, depth=2)
+        assert predicted_step(p, 2) == pytest.approx(step_at(2), rel=1e-9)
+    # nothing slowed down: the other depths keep the join measurement's times
+    assert predicted_step(p, L) == pytest.approx(step_at(L), rel=1e-9)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4, 6])
+def test_one_depth_of_evidence_scales_the_join_shape_uniformly(depth):
+    """A device twice as slow as at join, seen at one depth: that depth is predicted as
+    measured, and so is every other (a uniform slow-down keeps the shape)."""
+    c = client()
+    p = play(c, depth, slow=2.0)
+    for d in range(1, L + 1):
+        assert predicted_step(p, d) == pytest.approx(step_at(d, slow=2.0), rel=1e-9)
+    assert p.layer_seconds["step"] == pytest.approx(predicted_step(p, L))
+
+
+def test_evidence_from_two_depths_fits_a_per_step_cost_the_join_missed():
+    """The optimiser and data loading (not in the join measurement) add a constant per step,
+    and LoRA training's backward is cheaper than the join's full backward: after rounds at two
+    depths, every depth is predicted as it runs."""
+
+    def true_step(d: int) -> float:
+        return L * FWD + 0.5 * d * BWD + FIXED + 0.04
+
+    c = client()
+    plan_at = {}
+    for depth in (2, 5):
+        plan = pb.Plan(round=1)
+        plan.options["legend_depth"] = str(depth)
+        metrics = {"steps": float(STEPS), "examples_seen": float(STEPS * BATCH),
+                   "train_seconds": STEPS * true_step(depth), "round_seconds": STEPS * true_step(depth) + 3}
+        plan_at[depth] = c.round_profile(plan, metrics, TransferStats(), TransferStats())
+    # after one depth: that depth exact, the others off
+    assert predicted_step(plan_at[2], 2) == pytest.approx(true_step(2), rel=1e-9)
+    assert predicted_step(plan_at[2], 5) != pytest.approx(true_step(5), rel=1e-3)
+    for d in range(1, L + 1):
+        assert predicted_step(plan_at[5], d) == pytest.approx(true_step(d), rel=1e-9)
+
+
+def test_evidence_from_two_depths_after_a_slow_down():
+    c = client()
+    play(c, depth=2, slow=2.0)
+    p = play(c, depth=L, slow=2.0)
+    for d in range(1, L + 1):
+        assert predicted_step(p, d) == pytest.approx(step_at(d, slow=2.0), rel=1e-9)
+
+
+def test_inconsistent_depths_fall_back_to_the_latest_uniform_scale():
+    """Noise: the deeper round measured faster than the shallower one. No negative backward:
+    the latest depth is predicted as measured and the shape kept."""
+    c = client()
+    play(c, depth=2, slow=2.0)
+    p = play(c, depth=4, slow=1.0)
+    assert all(v >= 0 for v in p.layer_seconds.values())
+    for d in range(1, L + 1):
+        assert predicted_step(p, d) == pytest.approx(step_at(d), rel=1e-9)
+
+
+def test_a_plan_without_a_depth_counts_as_full_depth():
+    c = client()
+    plan = pb.Plan(round=1)
+    train = STEPS * step_at(L, slow=3.0)
+    p = c.round_profile(plan, {"steps": float(STEPS), "examples_seen": float(STEPS * BATCH),
+                               "train_seconds": train}, TransferStats(), TransferStats())
+    assert predicted_step(p, L) == pytest.approx(step_at(L, slow=3.0), rel=1e-9)
+
+
+def test_the_refreshed_profile_keeps_link_rates_and_adds_the_rounds():
+    c = client()
+    p = play(c, depth=2)
+    assert p.upload_bytes_per_second == pytest.approx((1 << 20) / 1.5)
+    assert p.download_bytes_per_second == pytest.approx(1 << 20)
+    assert p.num_examples == 500
+    assert p.layer_seconds["round_overhead"] == pytest.approx(3.0 - 1.0 - 1.5)
