@@ -8,8 +8,10 @@ download rates (the join probe, then the round's real
 transfers) and the plan's local steps, and assigns a depth and per-block ranks. Layers are
 aggregated over the clients that trained them, mixed ranks with the HetLoRA or FlexLoRA rule
 (``ranks.rule``). The predicted time of every client is logged with the round (and the
-uniform plan's, for comparison); each client's measured ``round_seconds`` sits beside it in
-its own record, so the planner's error is visible (``fedlora report``, bench/heterogeneous.py).
+uniform plan's, for comparison); each client's record carries its plan's prediction by part
+(``predicted``: round, train, upload, download and overhead seconds) beside what the client
+measured under the same names (``measured``), so the planner's error is visible per client,
+round and depth (``fedlora report``, bench/compare.py --suite heterogeneous).
 
 Journal (resume after a coordinator restart): the planner keeps nothing from round to round
 (``assignments`` and ``baseline`` are the current round's), so LEGEND's journaled state is
@@ -26,7 +28,7 @@ from typing import Any, ClassVar
 from fedlora.common.training import steps_per_round
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.methods.legend.planner import Assignment, BlockShape, Device, plan, uniform
-from fedlora.server.strategy import ClientInfo, TensorSpec
+from fedlora.server.strategy import ClientInfo, Instruction, TensorSpec
 from fedlora.methods.ranked import RankedLoRA, Ranks
 
 _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
@@ -63,11 +65,12 @@ class Legend(RankedLoRA):
             client_id=c.id,
             forward_seconds=[ls.get(f"fwd.{i}", 0.0) * scale for i in range(L)],
             backward_seconds=[ls.get(f"bwd.{i}", 0.0) * scale for i in range(L)],
-            # the last round's overhead beyond steps and transfers, spread over the steps
-            fixed_seconds=ls.get("fixed", 0.0) * scale + ls.get("round_overhead", 0.0) / steps,
+            fixed_seconds=ls.get("fixed", 0.0) * scale,
             steps=steps,
             up_bytes_per_second=p.upload_bytes_per_second, down_bytes_per_second=p.download_bytes_per_second,
-            memory_bytes=p.memory_bytes, fixed_bytes=self.fixed_bytes)
+            memory_bytes=p.memory_bytes, fixed_bytes=self.fixed_bytes,
+            # the last round's cost beyond steps and transfers
+            overhead_seconds=ls.get("round_overhead", 0.0))
 
     def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
         lg = self.cfg.legend
@@ -78,6 +81,15 @@ class Legend(RankedLoRA):
         self.baseline = uniform(devices, self.shapes, self.r_max)
         return {cid: {path: a.ranks[self.index[self.block_of[path]]] for path in self.pairs}
                 for cid, a in self.assignments.items()}
+
+    def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
+        """RankedLoRA's plans at the planner's ranks, each with the planner's predicted seconds
+        (round and parts), which the engine records beside the client's measured ones."""
+        out = super().configure(rnd, clients)
+        for cid, inst in out.items():
+            a = self.assignments[cid]
+            inst.prediction = {"round_seconds": a.predicted_seconds, **a.parts}
+        return out
 
     def extend_plan(self, rnd: int, client: ClientInfo, ranks: Ranks, plan_: pb.Plan,
                     expected: dict[str, TensorSpec]) -> None:

@@ -138,3 +138,76 @@ def test_the_refreshed_profile_keeps_link_rates_and_adds_the_rounds():
     assert p.download_bytes_per_second == pytest.approx(1 << 20)
     assert p.num_examples == 500
     assert p.layer_seconds["round_overhead"] == pytest.approx(3.0 - 1.0 - 1.5)
+
+
+# --------------------------------------------------------------------------- the strategy
+
+TASK_NAME = "classification"
+
+
+def strategy(tiny_model, cls=None, **cfg_kw):
+    from fedlora.common.config import ServerConfig
+    from fedlora.common.model import AdaptedModel
+    from fedlora.common.tasks import get_task
+    from fedlora.methods.legend.strategy import Legend
+
+    cls = cls or Legend
+    task = get_task(TASK_NAME)
+    cfg = ServerConfig(model=str(tiny_model), strategy=cls.name, adapter={"rank": 4, "alpha": 8.0},
+                       training={"max_steps": 2, "batch_size": BATCH}, **cfg_kw)
+    return cls(cfg, AdaptedModel(task.load_base(str(tiny_model), 6, cfg.seed), cls.adapter_spec(cfg),
+                                 task.peft_task_type))
+
+
+def tiny_profile(blocks: int, slow: float = 1.0, examples: int = 100) -> pb.DeviceProfile:
+    p = pb.DeviceProfile(num_examples=examples, upload_bytes_per_second=1e5 / slow,
+                         download_bytes_per_second=4e5)
+    for i in range(blocks):
+        p.layer_seconds[f"fwd.{i}"] = 0.01 * slow
+        p.layer_seconds[f"bwd.{i}"] = 0.02 * slow
+    p.layer_seconds.update({"fixed": 0.005 * slow, "batch": BATCH, "round_overhead": 0.5})
+    return p
+
+
+def test_legend_plans_carry_the_planners_prediction_by_part(tiny_model):
+    from fedlora.server.strategy import ClientInfo
+
+    s = strategy(tiny_model)
+    n = len(s.shapes)
+    clients = [ClientInfo("fast", 0, 100, tiny_profile(n)), ClientInfo("slow", 1, 100, tiny_profile(n, 4.0))]
+    out = s.configure(1, clients)
+    for cid, inst in out.items():
+        a = s.assignments[cid]
+        pred = inst.prediction
+        assert set(pred) == {"round_seconds", "train_seconds", "upload_seconds", "download_seconds",
+                             "overhead_seconds"}
+        assert pred["round_seconds"] == pytest.approx(a.predicted_seconds)
+        assert pred["round_seconds"] == pytest.approx(sum(v for k, v in pred.items() if k != "round_seconds"))
+        assert pred["overhead_seconds"] == pytest.approx(0.5)  # the profile's, once, not per step
+        assert pred["upload_seconds"] == pytest.approx(a.upload_bytes / clients[cid == "slow"].profile.upload_bytes_per_second)
+        assert float(inst.plan.options["legend_predicted_seconds"]) == pytest.approx(a.predicted_seconds, abs=1e-3)
+
+
+def test_the_engine_records_a_plans_prediction_beside_the_measured_seconds(tiny_model, tmp_path):
+    from fedlora.server import records
+    from fedlora.server.rounds import Round
+    from fedlora.server.runlog import RunLog, read_records
+    from fedlora.server.strategy import ClientInfo, Instruction
+
+    s = strategy(tiny_model)
+    n = len(s.shapes)
+    insts = s.configure(1, [ClientInfo("a", 0, 100, tiny_profile(n))])
+    insts["b"] = Instruction(pb.Plan(round=1), {})  # a plan without a prediction (another method)
+    r = Round(1, 0, insts, {}, 0.0, 0.0)
+    r.accepted = {"a": 100.0, "b": 50.0}
+    r.reports = {"a": {"round_seconds": 10.0, "train_seconds": 6.0, "client_up_seconds": 1.5,
+                       "client_down_seconds": 0.5}, "b": {"round_seconds": 3.0}}
+    log = RunLog(tmp_path / "run")
+    records.write_clients(log, r, {}, {})
+    log.close()
+    recs = {rec["client"]: rec for rec in read_records(tmp_path / "run" / "metrics.jsonl") if rec["type"] == "client"}
+    a = recs["a"]
+    assert a["predicted"] == {k: round(v, 4) for k, v in insts["a"].prediction.items()}
+    assert a["measured"] == {"round_seconds": 10.0, "train_seconds": 6.0, "upload_seconds": 1.5,
+                             "download_seconds": 0.5, "overhead_seconds": 2.0}
+    assert "predicted" not in recs["b"] and "measured" not in recs["b"]
