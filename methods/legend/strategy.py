@@ -30,6 +30,7 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.methods.legend.planner import Assignment, BlockShape, Device, plan, uniform
 from fedlora.server.strategy import ClientInfo, Instruction, TensorSpec
 from fedlora.methods.ranked import RankedLoRA, Ranks
+from fedlora.methods.rules import Weighting
 
 _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
@@ -37,6 +38,9 @@ _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 class Legend(RankedLoRA):
     name: ClassVar[str] = "legend"
     needs_link_rates: ClassVar[bool] = True  # the planner predicts transfer seconds
+    # aggregation weighted by p_k (docs/methods.md), with either rule; ranks.weighting: norm
+    # gives the HetLoRA paper's weights instead
+    default_weighting: ClassVar[Weighting] = "examples"
 
     def __init__(self, cfg, model):
         super().__init__(cfg, model)

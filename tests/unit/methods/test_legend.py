@@ -211,3 +211,30 @@ def test_the_engine_records_a_plans_prediction_beside_the_measured_seconds(tiny_
     assert a["measured"] == {"round_seconds": 10.0, "train_seconds": 6.0, "upload_seconds": 1.5,
                              "download_seconds": 0.5, "overhead_seconds": 2.0}
     assert "predicted" not in recs["b"] and "measured" not in recs["b"]
+
+
+def test_legend_with_the_hetlora_rule_weighs_by_examples_by_default(tiny_model):
+    """docs/methods.md: LEGEND aggregates each layer weighted by p_k, whichever rule combines
+    the ranks; ranks.weighting: norm still asks for the HetLoRA paper's weights."""
+    import torch
+
+    from fedlora.methods.hetlora.strategy import HetLoRA
+    from fedlora.server.strategy import ClientInfo
+
+    assert strategy(tiny_model).weighting == "examples"
+    assert strategy(tiny_model, ranks={"rule": "hetlora", "weighting": "norm"}).weighting == "norm"
+    assert strategy(tiny_model, HetLoRA).weighting == "norm"  # HetLoRA's own: the paper's
+
+    s = strategy(tiny_model, ranks={"rule": "hetlora"})
+    n = len(s.shapes)
+    clients = [ClientInfo("a", 0, 100, tiny_profile(n)), ClientInfo("b", 1, 300, tiny_profile(n))]
+    insts = s.configure(1, clients)
+    assert s.assignments["a"].ranks == s.assignments["b"].ranks  # same profile, same plan
+    for c, v in zip(clients, (1.0, 2.0)):  # b's factors twice a's: its norm is 4x a's
+        s.fold(1, c, {name: torch.full(shape, v, dtype=dt) for name, (shape, dt) in insts[c.id].expected.items()},
+               float(c.num_examples))
+    s.aggregate(1)
+    path = max(s._sent["a"], key=lambda p: s.block_of[p])  # a layer of the top block
+    rank = s._sent["a"][path]
+    A = s.model.parameter(s.pairs[path][0]).detach()
+    assert torch.allclose(A[:rank], torch.full_like(A[:rank], (100 * 1.0 + 300 * 2.0) / 400))
