@@ -15,6 +15,9 @@ from fedlora.proto.v1 import fedlora_pb2 as pb
 log = logging.getLogger("fedlora.client")
 
 MIN_RATE_BYTES = 64 << 10  # a transfer smaller than this says little about the link's rate
+# [ours] two depths fit the backward's own scale only when their backward differs by at least
+# this share of the latest step: a slope through nearby depths amplifies the steps' noise
+FIT_MIN_SPAN = 0.25
 
 
 class LegendClient(ClientHooks):
@@ -108,8 +111,9 @@ def fit_block_seconds(shape: Mapping[str, float], measured: Mapping[int, float])
 
     - One depth measured: ``a = b``, the shape scaled uniformly (a device slowed or sped up
       as a whole); that depth is then predicted exactly as measured.
-    - Two or more: ``a`` and ``b`` through the latest measurement and the latest one at another
-      depth, so a per-step cost the join measurement missed (the optimiser, data loading) and
+    - Two or more: ``a`` and ``b`` through the latest measurement and the latest one at a
+      depth whose backward differs from it by at least :data:`FIT_MIN_SPAN` of the latest
+      step, so a per-step cost the join measurement missed (the optimiser, data loading) and
       a backward cheaper or dearer than at join (LoRA training computes no frozen weight's
       gradient) both fit; both depths are then predicted exactly. A fit with a negative
       ``a`` or ``b`` (noise: a deeper step measured faster) falls back to the uniform scale of
@@ -127,7 +131,7 @@ def fit_block_seconds(shape: Mapping[str, float], measured: Mapping[int, float])
     d1 = order[-1]
     m1 = measured[d1]
     a = b = m1 / depth_step_seconds(shape, d1) if depth_step_seconds(shape, d1) > 0 else 1.0
-    others = [d for d in order[:-1] if bwd(d) != bwd(d1)]
+    others = [d for d in order[:-1] if abs(bwd(d) - bwd(d1)) * a >= FIT_MIN_SPAN * m1 > 0]
     if others and fwd > 0:
         d2 = others[-1]
         b2 = (m1 - measured[d2]) / (bwd(d1) - bwd(d2))

@@ -116,10 +116,21 @@ def test_inconsistent_depths_fall_back_to_the_latest_uniform_scale():
     the latest depth is predicted as measured and the shape kept."""
     c = client()
     play(c, depth=2, slow=2.0)
-    p = play(c, depth=4, slow=1.0)
+    p = play(c, depth=L, slow=1.0)  # through both: a negative backward
     assert all(v >= 0 for v in p.layer_seconds.values())
     for d in range(1, L + 1):
         assert predicted_step(p, d) == pytest.approx(step_at(d), rel=1e-9)
+
+
+def test_nearby_depths_fit_no_slope():
+    """Depths 5 and 6 differ by one block's backward (10% of the step): a slope through them
+    would turn the steps' noise into a backward several times too dear or too cheap. The latest
+    scales the shape uniformly instead."""
+    c = client()
+    play(c, depth=5, slow=1.0)
+    p = play(c, depth=6, slow=1.2)
+    for d in range(1, L + 1):
+        assert predicted_step(p, d) == pytest.approx(step_at(d, slow=1.2), rel=1e-9)
 
 
 def test_a_plan_without_a_depth_counts_as_full_depth():
