@@ -24,9 +24,28 @@ def write_initial(runlog: RunLog, score: Score) -> None:
                  **_extra(score), planned=0, accepted=0, seconds=0.0, up_mb=0.0, down_mb=0.0)
 
 
+# what a client measures of its round (its report's metrics), under the names a strategy's
+# prediction uses (Instruction.prediction); overhead_seconds is the rest of round_seconds
+MEASURED = {"round_seconds": "round_seconds", "train_seconds": "train_seconds",
+            "upload_seconds": "client_up_seconds", "download_seconds": "client_down_seconds"}
+
+
+def measured_seconds(rep: dict[str, float]) -> dict[str, float | None]:
+    """A report's round seconds by part (None where it did not say): the names of
+    :data:`MEASURED`, and ``overhead_seconds``, the round less its steps and transfers."""
+    out: dict[str, float | None] = {k: rep.get(m) for k, m in MEASURED.items()}
+    parts = [out["round_seconds"], out["train_seconds"], out["upload_seconds"], out["download_seconds"]]
+    out["overhead_seconds"] = (None if any(v is None for v in parts)
+                               else max(0.0, parts[0] - parts[1] - parts[2] - parts[3]))
+    return out
+
+
 def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
                   down: dict[str, TransferStats]) -> list[dict[str, Any]]:
-    """One record per planned client, whatever became of it; returns them for the round record."""
+    """One record per planned client, whatever became of it; returns them for the round record.
+    A plan that carried a prediction (:attr:`Instruction.prediction`) is recorded with it as
+    ``predicted`` and the client's own figures under the same names as ``measured``
+    (:func:`measured_seconds`; None where it did not report)."""
     out = []
     for cid in sorted(r.instructions):
         status = ("accepted" if cid in r.accepted else "refused" if cid in r.refused
@@ -39,11 +58,14 @@ def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
         # the client's own interface counters: tx while uploading, rx while downloading
         up_d["iface_bytes"] = _int_or_none(rep.get("iface_up_tx_bytes"))
         down_d["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
+        prediction = r.instructions[cid].prediction
+        seconds = ({"predicted": {k: round(v, 4) for k, v in prediction.items()},
+                    "measured": measured_seconds(rep)} if prediction else {})
         out.append(runlog.write(
             "client", round=r.number, attempt=r.attempt, client=cid, status=status,
             reason=r.refused.get(cid) or r.lost.get(cid), weight=r.accepted.get(cid), up=up_d, down=down_d,
             train_loss=rep.get("train_loss"), local_accuracy=rep.get("local_accuracy"),
-            metrics=rep))
+            **seconds, metrics=rep))
     return out
 
 

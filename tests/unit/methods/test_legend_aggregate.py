@@ -132,7 +132,7 @@ def test_flexlora_downloads_are_cut_from_the_exact_product_at_each_clients_rank(
 def test_hetlora_pads_and_averages_the_factors_in_one_scaling(three_blocks, tmp_path, weighting):
     """HetLoRA (``ranks.rule: hetlora``): each trainer's A_k, B_k zero-padded to r_max, B_k
     rescaled from alpha/r_k to alpha/r_max, then averaged with weights n_k (``examples``) or
-    ``||(alpha/r_k) B_k A_k||_F`` (``norm``, HetLoRA's own and ``ranks.weighting``'s default)
+    ``||(alpha/r_k) B_k A_k||_F`` (``norm``, HetLoRA's own; LEGEND's default is ``examples``)
     normalised over the layer's trainers."""
     s = build_strategy("legend", three_blocks, tmp_path, ranks={"rule": "hetlora", "weighting": weighting})
     ranks, updates = _round(s)
