@@ -258,10 +258,10 @@ class Client:
         metrics.update(local_accuracy=score.accuracy, local_loss=score.loss,
                        num_examples=float(len(self.train_data)),
                        client_down_payload_bytes=float(down.payload_bytes),
-                       client_down_grpc_bytes=float(down.grpc_bytes),
+                       client_down_protobuf_bytes=float(down.protobuf_bytes),
                        client_down_seconds=down.seconds, client_up_seconds=up.seconds,
                        client_up_payload_bytes=float(up.payload_bytes),
-                       client_up_grpc_bytes=float(up.grpc_bytes),
+                       client_up_protobuf_bytes=float(up.protobuf_bytes),
                        round_seconds=time.perf_counter() - t_round)
         for key, c in (("down", down.iface), ("up", iface_up)):
             if c is not None:
@@ -320,7 +320,7 @@ class Client:
 
 
 def _moved(stats: TransferStats) -> str:
-    return f"{stats.payload_bytes} B ({stats.grpc_bytes} on gRPC) in {stats.seconds:.2f}s"
+    return f"{stats.payload_bytes} B ({stats.protobuf_bytes} protobuf) in {stats.seconds:.2f}s"
 
 
 def spec_split(spec: pb.RunSpec, task: Task) -> FederatedSplit | None:

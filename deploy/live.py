@@ -108,7 +108,7 @@ class LiveTable:
         for d in ("up", "down"):
             wire = b[d].get("iface_bytes")
             print(f"bytes {d:>4}: tensor {b[d]['tensor_bytes']:,}  payload {b[d]['payload_bytes']:,}  "
-                  f"gRPC {b[d]['grpc_bytes']:,}  wire {'n/a' if wire is None else format(wire, ',')}")
+                  f"protobuf {b[d]['protobuf_bytes']:,}  wire {'n/a' if wire is None else format(wire, ',')}")
         if s.get("adapter"):
             print(f"adapter: {s['adapter']}")
         print(f"summary: {path}")

@@ -41,14 +41,14 @@ def report(run_dir: Path, console: Console | None = None) -> int:
                     sums[key][lvl] += v
             secs[key] += r[d].get("seconds") or 0.0
     t = Table(title=f"bytes by client and direction — {run_dir}")
-    for col in ("client", "dir", "tensor MB", "payload MB", "gRPC MB", "wire MB", "payload/tensor",
-                "gRPC/payload", "wire/payload", "Mbit/s"):
+    for col in ("client", "dir", "tensor MB", "payload MB", "protobuf MB", "wire MB", "payload/tensor",
+                "protobuf/payload", "wire/payload", "Mbit/s"):
         t.add_column(col, justify="right")
     for (cid, d), s in sorted(sums.items()):
         rate = s["payload_bytes"] * 8 / secs[(cid, d)] / 1e6 if secs[(cid, d)] else None
-        t.add_row(cid, d, _mb(s["tensor_bytes"]), _mb(s["payload_bytes"]), _mb(s["grpc_bytes"]),
+        t.add_row(cid, d, _mb(s["tensor_bytes"]), _mb(s["payload_bytes"]), _mb(s["protobuf_bytes"]),
                   _mb(s["iface_bytes"]), _ratio(s["payload_bytes"], s["tensor_bytes"]),
-                  _ratio(s["grpc_bytes"], s["payload_bytes"]), _ratio(s["iface_bytes"], s["payload_bytes"]),
+                  _ratio(s["protobuf_bytes"], s["payload_bytes"]), _ratio(s["iface_bytes"], s["payload_bytes"]),
                   "n/a" if rate is None else f"{rate:.2f}")
     console.print(t)
     _planner_table(records, recs, console)

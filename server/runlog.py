@@ -19,7 +19,13 @@ from typing import Any
 
 from fedlora.common.storage import Appender, Reserve, StorageError, prepare_dir, write_atomic
 
-LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes", "iface_bytes")
+# the byte levels of a transfer, each named for what it counts (common/wire/stats.py,
+# common/netstat.py): raw tensors, chunk data, serialized protobuf messages, interface counters
+LEVELS = ("tensor_bytes", "payload_bytes", "protobuf_bytes", "iface_bytes")
+# keys of run folders written before a level was renamed ("grpc_bytes" never counted gRPC's
+# framing, only the protobuf messages): read_records maps them, so no reader knows the old names
+RENAMED = {"grpc_bytes": "protobuf_bytes", "client_up_grpc_bytes": "client_up_protobuf_bytes",
+           "client_down_grpc_bytes": "client_down_protobuf_bytes"}
 DIRECTIONS = ("up", "down")
 
 Record = dict[str, Any]
@@ -181,12 +187,25 @@ def _first_round_seconds(records: list[Record]) -> float | None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``, in today's names (:func:`current`), so a run folder
+    written by an older coordinator reads like a new one everywhere."""
     if not path.is_file():
         return []
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            out.append(json.loads(line))
+            out.append(current(json.loads(line)))
         except ValueError:
             continue  # a line being written concurrently
     return out
+
+
+def current(rec: Record) -> Record:
+    """``rec`` with the keys of :data:`RENAMED` under their new names (in place): the one place
+    that knows a client record's old names."""
+    if rec.get("type") == "client":
+        for part in (rec.get("up"), rec.get("down"), rec.get("metrics")):
+            if isinstance(part, dict):
+                for old in RENAMED.keys() & part.keys():
+                    part[RENAMED[old]] = part.pop(old)
+    return rec

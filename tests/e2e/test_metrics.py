@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from procs import finish, free_port, records, start_client, start_server, tail, wait_until
 
 CLIENTS = ["client-0", "client-1", "client-2"]
-MEASURED = ("tensor_bytes", "payload_bytes", "grpc_bytes")  # iface: not measurable on loopback
+MEASURED = ("tensor_bytes", "payload_bytes", "protobuf_bytes")  # iface: not measurable on loopback
 
 Samples = dict[tuple[str, frozenset], float]
 
