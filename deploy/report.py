@@ -1,16 +1,20 @@
 """``fedlora report RUN_DIR``: bytes per client and direction at every level, wire vs payload;
-for runs whose strategy plans round times, predicted beside measured seconds."""
+for runs whose strategy plans round times, predicted beside measured seconds.
+
+Wire bytes are printed only where the client's interface carried its transfers alone; where it
+carried other traffic too the cell says ``shared (why)``, and ``n/a (why)`` where nothing was
+measured (common/netstat.py judges each transfer; server/runlog.py sums them)."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from fedlora.server.runlog import LEVELS, read_records
+from fedlora.server.runlog import (DIRECTIONS, IFACE, Record, iface_verdict, read_records, sum_bytes,
+                                   summarize, unmeasured_text)
 
 
 def _mb(v: int | None) -> str:
@@ -28,36 +32,33 @@ def report(run_dir: Path, console: Console | None = None) -> int:
     if not recs:
         console.print(f"no client records in {run_dir / 'metrics.jsonl'}")
         return 1
-    sums: dict[tuple[str, str], dict[str, int | None]] = defaultdict(lambda: dict.fromkeys(LEVELS, 0))
-    secs: dict[tuple[str, str], float] = defaultdict(float)
+    by_client: dict[str, list[Record]] = defaultdict(list)
     for r in recs:
-        for d in ("up", "down"):
-            key = (r["client"], d)
-            for lvl in LEVELS:
-                v = r[d].get(lvl)
-                if v is None and lvl == "iface_bytes" and r[d].get("payload_bytes"):
-                    sums[key][lvl] = None
-                elif v is not None and sums[key][lvl] is not None:
-                    sums[key][lvl] += v
-            secs[key] += r[d].get("seconds") or 0.0
+        by_client[r["client"]].append(r)
     t = Table(title=f"bytes by client and direction — {run_dir}")
-    for col in ("client", "dir", "tensor MB", "payload MB", "gRPC MB", "wire MB", "payload/tensor",
-                "gRPC/payload", "wire/payload", "Mbit/s"):
+    for col in ("client", "dir", "tensor MB", "payload MB", "protobuf MB", "wire MB", "payload/tensor",
+                "protobuf/payload", "wire/payload", "Mbit/s"):
         t.add_column(col, justify="right")
-    for (cid, d), s in sorted(sums.items()):
-        rate = s["payload_bytes"] * 8 / secs[(cid, d)] / 1e6 if secs[(cid, d)] else None
-        t.add_row(cid, d, _mb(s["tensor_bytes"]), _mb(s["payload_bytes"]), _mb(s["grpc_bytes"]),
-                  _mb(s["iface_bytes"]), _ratio(s["payload_bytes"], s["tensor_bytes"]),
-                  _ratio(s["grpc_bytes"], s["payload_bytes"]), _ratio(s["iface_bytes"], s["payload_bytes"]),
-                  "n/a" if rate is None else f"{rate:.2f}")
+    for cid, crecs in sorted(by_client.items()):
+        sums = sum_bytes(crecs)
+        for d in DIRECTIONS:
+            s = sums[d]
+            secs = sum((r[d].get("seconds") or 0.0) for r in crecs)
+            rate = s["payload_bytes"] * 8 / secs / 1e6 if secs else None
+            wire, verdict = s[IFACE], iface_verdict(crecs, d)
+            t.add_row(cid, d, _mb(s["tensor_bytes"]), _mb(s["payload_bytes"]), _mb(s["protobuf_bytes"]),
+                      _mb(wire) if wire is not None else unmeasured_text(verdict),
+                      _ratio(s["payload_bytes"], s["tensor_bytes"]),
+                      _ratio(s["protobuf_bytes"], s["payload_bytes"]),
+                      _ratio(wire, s["payload_bytes"]) if wire is not None
+                      else unmeasured_text(verdict, why=False),
+                      "n/a" if rate is None else f"{rate:.2f}")
     console.print(t)
     _planner_table(records, console)
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        console.print(f"wire/payload overall: up {s.get('wire_overhead', {}).get('up')}, "
-                      f"down {s.get('wire_overhead', {}).get('down')} "
-                      "(n/a: interface counters not available, e.g. clients on shared loopback)")
+    s = summarize(records)  # from the records: a folder's summary.json may predate the verdicts
+    overall = [f"{d} " + (str(s["wire_overhead"][d]) if s["wire_overhead"][d] is not None
+                          else unmeasured_text(s["iface"][d])) for d in DIRECTIONS]
+    console.print("wire/payload overall: " + "; ".join(overall))
     return 0
 
 

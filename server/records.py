@@ -7,15 +7,15 @@ Field names and values are a contract: :func:`fedlora.server.runlog.summarize`,
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import Any
 
+from fedlora.common import netstat
 from fedlora.common.evaluate import Score
 from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.rounds import Round
-from fedlora.server.runlog import RunLog
+from fedlora.server.runlog import DIRECTIONS, RunLog, iface_fields
 
 
 def write_initial(runlog: RunLog, score: Score) -> None:
@@ -54,16 +54,16 @@ def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
         down_t = dataclasses.replace(down.get(cid, TransferStats()))
         if rep.get("client_down_seconds"):  # the receiver's clock: the sender's ends when
             down_t.seconds = rep["client_down_seconds"]  # its buffers fill, not on arrival
-        up_d, down_d = up.get(cid, TransferStats()).as_dict(), down_t.as_dict()
-        # the client's own interface counters: tx while uploading, rx while downloading
-        up_d["iface_bytes"] = _int_or_none(rep.get("iface_up_tx_bytes"))
-        down_d["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
+        moved = {"up": up.get(cid, TransferStats()).as_dict(), "down": down_t.as_dict()}
+        for d in DIRECTIONS:  # the client's interface counters, judged against its own bytes
+            moved[d].update(iface_fields(*netstat.assess(d, rep)))
         prediction = r.instructions[cid].prediction
         seconds = ({"predicted": {k: round(v, 4) for k, v in prediction.items()},
                     "measured": measured_seconds(rep)} if prediction else {})
         out.append(runlog.write(
             "client", round=r.number, attempt=r.attempt, client=cid, status=status,
-            reason=r.refused.get(cid) or r.lost.get(cid), weight=r.accepted.get(cid), up=up_d, down=down_d,
+            reason=r.refused.get(cid) or r.lost.get(cid), weight=r.accepted.get(cid),
+            up=moved["up"], down=moved["down"],
             train_loss=rep.get("train_loss"), local_accuracy=rep.get("local_accuracy"),
             **seconds, metrics=rep))
     return out
@@ -131,9 +131,3 @@ def _sum_mb(values: Iterable[int | None]) -> float | None:
     """Total MB, or None when any value is missing (the level was not measurable)."""
     vals = list(values)
     return None if not vals or any(v is None for v in vals) else sum(vals) / 1e6
-
-
-def _int_or_none(v: float | None) -> int | None:
-    """A counter as reported; None when it is missing, negative (not measurable) or not a
-    finite number (reports are checked at admission; this keeps the records from failing)."""
-    return None if v is None or not math.isfinite(v) or v < 0 else int(v)
