@@ -150,7 +150,7 @@ def main() -> None:
         print(f"done {name}: accuracy {rows[name]['final_accuracy']:.4f}", flush=True)
         results_path.write_text(json.dumps(list(rows.values()), indent=1))
     ordered = [rows[n] for n in suite if n in rows]
-    print(f"| config | global acc | personal acc | MB up | MB down | seconds | max epsilon |")
+    print("| config | global acc | personal acc | MB up | MB down | seconds | max epsilon |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in ordered:
         eps = "-" if r["max_epsilon"] is None else f"{r['max_epsilon']:.3f}"

@@ -120,10 +120,10 @@ def _check_device(dev: Device, L: int) -> None:
     who = f"device {dev.client_id!r}"
     if not isinstance(dev.client_id, str) or not dev.client_id:
         raise ValueError(f"client_id: must be a non-empty string, got {dev.client_id!r}")
-    for field in ("forward_seconds", "backward_seconds"):
-        values = getattr(dev, field)
+    for name in ("forward_seconds", "backward_seconds"):
+        values = getattr(dev, name)
         if len(values) != L:
-            raise ValueError(f"{who}: {field} has {len(values)} entries, expected {L} (one per block)")
+            raise ValueError(f"{who}: {name} has {len(values)} entries, expected {L} (one per block)")
         for b, s in enumerate(values):
             if not (_nonneg(s) and math.isfinite(s)):
                 raise ValueError(f"{who}: {field}[{b}] must be finite and >= 0, got {s!r}")
