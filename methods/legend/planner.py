@@ -126,20 +126,20 @@ def _check_device(dev: Device, L: int) -> None:
             raise ValueError(f"{who}: {name} has {len(values)} entries, expected {L} (one per block)")
         for b, s in enumerate(values):
             if not (_nonneg(s) and math.isfinite(s)):
-                raise ValueError(f"{who}: {field}[{b}] must be finite and >= 0, got {s!r}")
+                raise ValueError(f"{who}: {name}[{b}] must be finite and >= 0, got {s!r}")
     for name in ("fixed_seconds", "overhead_seconds"):
         v = getattr(dev, name)
         if not (_nonneg(v) and math.isfinite(v)):
             raise ValueError(f"{who}: {name} must be finite and >= 0, got {v!r}")
     if not _is_int(dev.steps) or dev.steps < 0:
         raise ValueError(f"{who}: steps must be an int >= 0, got {dev.steps!r}")
-    for field in ("up_bytes_per_second", "down_bytes_per_second"):
-        if not _nonneg(getattr(dev, field)):
-            raise ValueError(f"{who}: {field} must be >= 0 (0 = unknown), got {getattr(dev, field)!r}")
-    for field in ("memory_bytes", "fixed_bytes"):
-        v = getattr(dev, field)
+    for name in ("up_bytes_per_second", "down_bytes_per_second"):
+        if not _nonneg(getattr(dev, name)):
+            raise ValueError(f"{who}: {name} must be >= 0 (0 = unknown), got {getattr(dev, name)!r}")
+    for name in ("memory_bytes", "fixed_bytes"):
+        v = getattr(dev, name)
         if not _is_int(v) or v < 0:
-            raise ValueError(f"{who}: {field} must be an int >= 0, got {v!r}")
+            raise ValueError(f"{who}: {name} must be an int >= 0, got {v!r}")
 
 
 def _check_devices(devices: Sequence[Device], L: int) -> None:
