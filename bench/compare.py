@@ -12,6 +12,11 @@ evaluation, after every client joined, to the end of each round).
 
 The heterogeneous suite runs on the netns cluster of deploy/clusters/four-links.yaml (links
 100/20/5/1 Mbit/s, unequal CPU): it needs root and iproute2.
+
+For a configuration whose plans carry predicted times (LEGEND), results.json also holds the
+planner's predictions beside the measured seconds per client and round (``planner_rows``:
+round, train, upload, download and overhead seconds, and the plan's depth) and its error per
+round and per depth (``planner_error``), printed after the tables (fedlora.deploy.report).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from fedlora.deploy.report import planner_error, planner_lines, planner_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +75,11 @@ def run(name: str, flags: list[str], rounds: int, out: Path) -> dict:
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{p.stdout}\n{p.stderr}")
+    return collect(name, flags, run_dir)
+
+
+def collect(name: str, flags: list[str], run_dir: Path) -> dict:
+    """A finished run's row of results.json, from its summary.json and metrics.jsonl."""
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds_ = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve, total, t0 = [], 0.0, None
@@ -80,10 +92,12 @@ def run(name: str, flags: list[str], rounds: int, out: Path) -> dict:
     eps = [r["metrics"].get("dp_epsilon") for r in rounds_ if r["type"] == "client" and r["metrics"]]
     eps = [e for e in eps if e is not None]
     last = [r for r in rounds_ if r["type"] == "round"][-1]
+    planner = planner_rows(rounds_)  # empty unless the strategy predicts round times
     return {"config": name, "flags": flags, "final_accuracy": summary["final_accuracy"],
             "personal_accuracy": last.get("personal_accuracy"), "evaluated_by": last.get("evaluated_by"),
             "mb_up": summary["mb_up"], "mb_down": summary["mb_down"], "wall_seconds": summary["elapsed_seconds"],
-            "max_epsilon": max(eps) if eps else None, "curve": curve}
+            "max_epsilon": max(eps) if eps else None, "curve": curve,
+            **({"planner_rows": planner, "planner_error": planner_error(planner)} if planner else {})}
 
 
 def reach(curve: list, target: float) -> tuple[float | None, float | None]:
@@ -136,7 +150,7 @@ def main() -> None:
         print(f"done {name}: accuracy {rows[name]['final_accuracy']:.4f}", flush=True)
         results_path.write_text(json.dumps(list(rows.values()), indent=1))
     ordered = [rows[n] for n in suite if n in rows]
-    print(f"| config | global acc | personal acc | MB up | MB down | seconds | max epsilon |")
+    print("| config | global acc | personal acc | MB up | MB down | seconds | max epsilon |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in ordered:
         eps = "-" if r["max_epsilon"] is None else f"{r['max_epsilon']:.3f}"
@@ -153,6 +167,26 @@ def main() -> None:
             print(f"| {r['config']} | {'-' if t is None else f'{t:.1f}'} | {'-' if mb is None else f'{mb:.3f}'} |")
         plot(ordered, out / "accuracy_vs_time.png", f"suite '{args.suite}': accuracy against time", axis=2)
         print(f"plot: {out / 'accuracy_vs_time.png'}")
+    for r in ordered:
+        if r.get("planner_rows"):
+            print_planner(r)
+
+
+def print_planner(r: dict) -> None:
+    """A configuration's predicted against measured seconds per client and round, then the
+    error per round and per depth."""
+    print(f"\nplanner of '{r['config']}': predicted / measured seconds (round; train)")
+    print("| round | client | depth | predicted s | measured s | error | predicted train s | measured train s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for x in r["planner_rows"]:
+        p, m = x["predicted"], x["measured"]
+        pt, mt = p.get("train_seconds"), m.get("train_seconds")
+        print(f"| {x['round']} | {x['client']} | {x['depth'] if x['depth'] is not None else '-'} | "
+              f"{p['round_seconds']:.2f} | {m['round_seconds']:.2f} | "
+              f"{(p['round_seconds'] - m['round_seconds']) / m['round_seconds']:+.0%} | "
+              f"{'-' if pt is None else f'{pt:.2f}'} | {'-' if mt is None else f'{mt:.2f}'} |")
+    print("\nplanner error ((predicted - measured) / measured; bias < 0: under-predicted)")
+    print("\n".join(planner_lines(r["planner_error"])))
 
 
 if __name__ == "__main__":

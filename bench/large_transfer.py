@@ -9,7 +9,7 @@ fine-tuning, no adapter), ``task: causal-lm``, the default model (SmolLM2-135M-I
 with tbf to ``--rate`` Mbit/s both ways, one local step of batch 2, one round. Measured:
 
 - per client and direction, from the run's ``client`` records: tensor, payload (chunk data),
-  gRPC (serialized messages) and interface bytes (the client's own eth0 counters), and the
+  protobuf (serialized messages) and interface bytes (the client's own eth0 counters), and the
   seconds the transfer took; the interface/payload ratio, and the link utilisation
   ``payload bits / (seconds x rate)``;
 - the coordinator's memory, read from ``/proc/<pid>/status`` every ``POLL_S``: peak RSS
@@ -154,11 +154,11 @@ def summarise(name, codec, rate, clients, rnd, start, sampler, run_dir, wall, lo
             iface = t.get("iface_bytes")
             transfers.append({
                 "client": c["client"], "direction": d, "tensor_mb": t["tensor_bytes"] / 1e6,
-                "payload_mb": t["payload_bytes"] / 1e6, "grpc_mb": t["grpc_bytes"] / 1e6,
+                "payload_mb": t["payload_bytes"] / 1e6, "protobuf_mb": t["protobuf_bytes"] / 1e6,
                 "iface_mb": iface / 1e6 if iface else None, "seconds": t["seconds"],
                 "utilisation": t["payload_bytes"] * 8 / (t["seconds"] * rate * 1e6) if t["seconds"] else None,
                 "iface_per_payload": iface / t["payload_bytes"] if iface else None,
-                "grpc_per_payload": t["grpc_bytes"] / t["payload_bytes"],
+                "protobuf_per_payload": t["protobuf_bytes"] / t["payload_bytes"],
                 "payload_per_tensor": t["payload_bytes"] / t["tensor_bytes"] if t["tensor_bytes"] else None})
     # the round's window on the coordinator's clock: records carry seconds since its start
     samples = sampler.samples if sampler is not None else []
@@ -194,14 +194,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
               f"client, model {res['model_bytes'] / 1e6:.1f} MB fp32; round {res['round_seconds']:.1f} s, "
               f"wall {res['wall_seconds']:.0f} s, loadavg {' '.join(res['loadavg_before'])} -> "
               f"{' '.join(res['loadavg_after'])}")
-        print(f"{'client':>9} {'dir':>4} {'tensor MB':>9} {'payload MB':>10} {'gRPC MB':>8} {'iface MB':>8} "
-              f"{'seconds':>7} {'util':>5} {'iface/payload':>13} {'gRPC/payload':>12} {'payload/tensor':>14}")
+        print(f"{'client':>9} {'dir':>4} {'tensor MB':>9} {'payload MB':>10} {'pb MB':>8} {'iface MB':>8} "
+              f"{'seconds':>7} {'util':>5} {'iface/payload':>13} {'pb/payload':>12} {'payload/tensor':>14}")
         for t in res["transfers"]:
             iface = f"{t['iface_mb']:8.1f}" if t["iface_mb"] else f"{'-':>8}"
             ratio = f"{t['iface_per_payload']:13.4f}" if t["iface_per_payload"] else f"{'-':>13}"
             print(f"{t['client']:>9} {t['direction']:>4} {t['tensor_mb']:9.1f} {t['payload_mb']:10.1f} "
-                  f"{t['grpc_mb']:8.1f} {iface} {t['seconds']:7.2f} {t['utilisation']:5.3f} {ratio} "
-                  f"{t['grpc_per_payload']:12.5f} {t['payload_per_tensor']:14.4f}")
+                  f"{t['protobuf_mb']:8.1f} {iface} {t['seconds']:7.2f} {t['utilisation']:5.3f} {ratio} "
+                  f"{t['protobuf_per_payload']:12.5f} {t['payload_per_tensor']:14.4f}")
         print(f"coordinator: peak RSS {m['peak_rss_mib']:.0f} MiB = {m['peak_rss_per_model']:.2f} x model "
               f"({m['model_mib']:.0f} MiB); RSS before the round {m['rss_before_round_mib'] or 0:.0f} MiB; "
               f"max anon {m['max_RssAnon_mib']:.0f} MiB ({m['max_anon_per_model']:.2f} x), "

@@ -49,7 +49,7 @@ def run_once(mb: int, rate: float, work: Path) -> dict:
                   "iface_mb": (t["iface_bytes"] or 0) / 1e6,
                   "wire_utilisation": (t["iface_bytes"] or 0) * 8 / t["seconds"] / 1e6 / rate,
                   "overhead": (t["iface_bytes"] / t["payload_bytes"]) if t["iface_bytes"] else None,
-                  "grpc_overhead": t["grpc_bytes"] / t["payload_bytes"]}
+                  "protobuf_overhead": t["protobuf_bytes"] / t["payload_bytes"]}
     return out
 
 
@@ -67,11 +67,11 @@ def main() -> None:
                 rows.append({"size_mb": mb, "direction": d, **r})
     print(f"link: tbf {args.rate:g} Mbit/s each way, one client, full-FedAvg update, no codec")
     print(f"{'size':>6} {'dir':>5} {'payload MB':>10} {'seconds':>8} {'goodput Mbit/s':>14} "
-          f"{'utilisation':>11} {'iface MB':>9} {'iface/payload':>13} {'gRPC/payload':>12}")
+          f"{'utilisation':>11} {'iface MB':>9} {'iface/payload':>13} {'pb/payload':>12}")
     for r in rows:
         print(f"{r['size_mb']:>4}MB {r['direction']:>5} {r['payload_mb']:>10.3f} {r['seconds']:>8.2f} "
               f"{r['goodput_mbit']:>14.2f} {r['utilisation']:>11.3f} {r['iface_mb']:>9.3f} "
-              f"{(r['overhead'] or float('nan')):>13.4f} {r['grpc_overhead']:>12.4f}")
+              f"{(r['overhead'] or float('nan')):>13.4f} {r['protobuf_overhead']:>12.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

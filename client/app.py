@@ -26,7 +26,7 @@ from fedlora.common.launch import seconds_since_launch
 from fedlora.common.model import AdaptedModel, select
 from fedlora.common.tasks import DEFAULT_TASK, get_task
 from fedlora.common.tasks.base import Rows, Task, columns_from
-from fedlora.common.netstat import InterfaceMeter
+from fedlora.common.netstat import SHARED, InterfaceMeter, assess
 from fedlora.common.storage import prepare_dir, tree_sha256, write_atomic
 from fedlora.common.tls import channel_credentials
 from fedlora.common.training import round_seed, steps_per_round
@@ -79,7 +79,8 @@ class Client:
         self.conn = Connection(cfg.server, creds, no_progress_timeout_s=cfg.no_progress_timeout_s,
                                coordinator_timeout_s=cfg.coordinator_timeout_s,
                                connect_timeout_s=cfg.connect_timeout_s)
-        self.meter = InterfaceMeter(cfg.server)
+        self.meter = InterfaceMeter(cfg.server, declared_shared=cfg.shared_interface)
+        self._shared_told = False  # the log has said the interface carried other traffic
         self.bars = Bars.for_stderr()  # a terminal's bars; a log file gets one line per round
         self.am: AdaptedModel | None = None
         self._adapter_key = b""
@@ -166,7 +167,7 @@ class Client:
             profile.upload_bytes_per_second, profile.download_bytes_per_second = up, down
             log.info("link probe: up %.2f Mbit/s, down %.2f Mbit/s", up * 8e-6, down * 8e-6)
         log.info("interface bytes: %s", self.meter.interface if self.meter.available else
-                 f"not available ({self.meter.reason})")
+                 f"not measured ({self.meter.reason})")
         self.conn.report(0, {"num_examples": float(len(self.train_data))}, profile)  # rejoins send it too
         log.info("%d training and %d local evaluation examples", len(self.train_data), len(self.eval_data))
         last = 0
@@ -258,19 +259,29 @@ class Client:
         metrics.update(local_accuracy=score.accuracy, local_loss=score.loss,
                        num_examples=float(len(self.train_data)),
                        client_down_payload_bytes=float(down.payload_bytes),
-                       client_down_grpc_bytes=float(down.grpc_bytes),
                        client_down_seconds=down.seconds, client_up_seconds=up.seconds,
                        client_up_payload_bytes=float(up.payload_bytes),
-                       client_up_grpc_bytes=float(up.grpc_bytes),
                        round_seconds=time.perf_counter() - t_round)
-        for key, c in (("down", down.iface), ("up", iface_up)):
-            if c is not None:
-                metrics[f"iface_{key}_rx_bytes"], metrics[f"iface_{key}_tx_bytes"] = float(c.rx), float(c.tx)
+        for d, stats, counters in (("down", down, down.iface), ("up", up, iface_up)):
+            metrics.update(self.meter.report_metrics(d, counters, stats.protobuf_bytes))
+            self._tell_shared(d, metrics)
         self.conn.report(rnd, metrics, self.hooks.round_profile(plan, metrics, down, up))
         log.info("round %d: loss %.4f%s, local accuracy %.4f; down %s; up %s; round %.1fs%s", rnd,
                  metrics["train_loss"], terms, score.accuracy, _moved(down) if down.payload_bytes else "none (global state held)",
                  _moved(up), time.perf_counter() - t_round,
                  "" if ledger is None else f"; DP-SGD epsilon {metrics['dp_epsilon']:.3f}")
+
+    def _tell_shared(self, direction: str, metrics: dict[str, float]) -> None:
+        """Logs, once, a transfer whose interface carried other traffic (the coordinator judges
+        the same report alike and records no interface bytes for it): the operator learns
+        that this host's figures are not the client's own, and why."""
+        if self._shared_told or not self.meter.available:  # a static cause was logged at join
+            return
+        _, verdict = assess(direction, metrics)
+        if verdict.kind == SHARED:
+            log.warning("interface %s is shared (%s while %sloading): its bytes are not recorded "
+                        "as this client's", self.meter.interface, verdict.reason, direction)
+            self._shared_told = True
 
     def _ledger(self, t: pb.LocalTraining) -> PrivacyLedger:
         """The run's ledger: a resumed run (same run id) goes on from it, a new run starts its
@@ -320,7 +331,7 @@ class Client:
 
 
 def _moved(stats: TransferStats) -> str:
-    return f"{stats.payload_bytes} B ({stats.grpc_bytes} on gRPC) in {stats.seconds:.2f}s"
+    return f"{stats.payload_bytes} B ({stats.protobuf_bytes} protobuf) in {stats.seconds:.2f}s"
 
 
 def spec_split(spec: pb.RunSpec, task: Task) -> FederatedSplit | None:

@@ -284,11 +284,11 @@ class Connection:
             t0 = time.perf_counter()
             session = self.session
             req = pb.DownloadRequest(session_id=session, round=rnd, offset=len(buf))
-            stats.grpc_bytes += req.ByteSize()
+            stats.protobuf_bytes += req.ByteSize()
             why = "the stream ended early"
             try:
                 for chunk in self.stub.Download(req, timeout=None):
-                    stats.grpc_bytes += chunk.ByteSize()
+                    stats.protobuf_bytes += chunk.ByteSize()
                     if chunk.offset != len(buf):
                         raise TransferFailed(f"download chunk at {chunk.offset}, expected {len(buf)}")
                     if sha256(chunk.data) != chunk.digest:
@@ -350,7 +350,7 @@ class Connection:
                 reply = self.stub.Upload(self._chunks(rnd, blob, chunk_bytes, start, stats, session,
                                                       on_bytes),
                                          timeout=None, metadata=session_metadata(session))
-                stats.grpc_bytes += reply.ByteSize()
+                stats.protobuf_bytes += reply.ByteSize()
                 self._heard()
                 if reply.complete:
                     return stats
@@ -371,7 +371,7 @@ class Connection:
                 msg.session_id, msg.round = session, rnd
                 msg.total_size, msg.blob_digest = blob.size, blob.digest
                 first = False
-            stats.grpc_bytes += msg.ByteSize()
+            stats.protobuf_bytes += msg.ByteSize()
             stats.payload_bytes += len(data)
             yield msg
             if on_bytes is not None:

@@ -360,6 +360,10 @@ class ClientConfig(Strict):
                     "this long; until then it is retried with backoff and rejoined")
     probe_bytes: int = Field(256 << 10, ge=0, le=256 << 20,
                              description="link probe size each way at join; 0 = no probe")
+    shared_interface: bool = Field(
+        False, description="this host's network interface carries other traffic too (e.g. a "
+                           "machine that does other work): its byte counters are not measured as "
+                           "this client's; unset, each transfer is judged by its counters")
 
     def checkpointing(self, device) -> bool:
         return self.gradient_checkpointing == "on" or (

@@ -178,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--up-mbit", type=float, default=0.0)
     sh.add_argument("--down-mbit", type=float, default=0.0)
 
-    rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, gRPC, wire; "
+    rep = sub.add_parser("report", help="bytes per client and direction: tensor, payload, protobuf, wire; "
                                          "--plot: PNG charts",
                          description="Compare what crossed the wire with the payload, per client and "
                                      "direction; with --plot, draw the run instead: its test metric "

@@ -103,7 +103,7 @@ clients = s["per_client"]
 assert sorted(clients) == [f"client-{i}" for i in range(4)], sorted(clients)
 for cid, c in sorted(clients.items()):
     for d in ("up", "down"):
-        assert (c[d]["iface_bytes"] or 0) > 0, f"{cid} {d}: no interface bytes"
+        assert (c[d]["iface_bytes"] or 0) > 0, f"{cid} {d}: no interface bytes: {s['per_client_iface'][cid][d]}"
     print(f"{cid}: up payload {c['up']['payload_bytes']:,} B, wire {c['up']['iface_bytes']:,} B; "
           f"down payload {c['down']['payload_bytes']:,} B, wire {c['down']['iface_bytes']:,} B")
 print(f"compose cluster: {s['rounds_completed']} rounds, final accuracy {s['final_accuracy']:.4f}")

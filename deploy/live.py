@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from fedlora.server.runlog import read_records
+from fedlora.server.runlog import read_records, unmeasured_text
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -106,9 +106,11 @@ class LiveTable:
               f"{_fmt(s['final_accuracy'], '.4f')}{ppl}, wall time {s['elapsed_seconds']:.1f}s, "
               f"first round {_fmt(s.get('seconds_to_first_round'), '.1f')}s after the coordinator's launch")
         for d in ("up", "down"):
-            wire = b[d].get("iface_bytes")
+            wire = b[d].get("iface_bytes")  # not a number: the verdict says why (shared, n/a)
+            wire_text = (format(wire, ",") if wire is not None
+                         else unmeasured_text((s.get("iface") or {}).get(d)))
             print(f"bytes {d:>4}: tensor {b[d]['tensor_bytes']:,}  payload {b[d]['payload_bytes']:,}  "
-                  f"gRPC {b[d]['grpc_bytes']:,}  wire {'n/a' if wire is None else format(wire, ',')}")
+                  f"protobuf {b[d]['protobuf_bytes']:,}  wire {wire_text}")
         if s.get("adapter"):
             print(f"adapter: {s['adapter']}")
         print(f"summary: {path}")

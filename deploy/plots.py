@@ -4,10 +4,10 @@ and round.
 
 The x axes are the ones a federated method is judged by: the same accuracy for fewer MB or
 fewer seconds is the point of most methods here. MB are payload bytes (what the codecs made of
-the update, as it crossed the wire less gRPC framing), both directions, all clients, every
-attempt of a round; seconds are the rounds' own (``seconds`` of each round record), summed, so
-a resumed run's restart is not counted as training time. Round 0 (the model before any update)
-is each curve's first point, at 0 MB and 0 s.
+the update: the chunk data, without protobuf, gRPC, HTTP/2, TLS or TCP/IP framing), both
+directions, all clients, every attempt of a round; seconds are the rounds' own (``seconds`` of
+each round record), summed, so a resumed run's restart is not counted as training time.
+Round 0 (the model before any update) is each curve's first point, at 0 MB and 0 s.
 
 matplotlib is imported only here, with the Agg backend (files, no display): the coordinator
 and clients never need it, so it is the ``plot`` extra, not a dependency of every process.

@@ -26,7 +26,8 @@ from pydantic import Field
 
 from fedlora.common.config import ServerConfig, Strict
 from fedlora.common.model import adapter_spec_from_config, lora_pairs
-from fedlora.methods.rules import HetLoRASum, ProductSum, WeightedSum, redistribute, scaling, truncate
+from fedlora.methods.rules import (HetLoRASum, ProductSum, WeightedSum, Weighting, redistribute, scaling,
+                                   truncate)
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.strategy import ClientInfo, Instruction, Strategy, TensorSpec, split_prefixed
 
@@ -43,8 +44,10 @@ class RanksConfig(Strict):
     """
 
     rule: Literal["hetlora", "flexlora"] = "flexlora"
-    weighting: Literal["examples", "norm"] = Field(
-        "norm", description="HetLoRA weights: n_k, or the paper's ||s_k B_k A_k||_F")
+    weighting: Literal["examples", "norm"] | None = Field(
+        None, description="the HetLoRA rule's weights: n_k (p_k), or the HetLoRA paper's "
+                          "||s_k B_k A_k||_F; unset: the method's own (HetLoRA: norm; LEGEND: "
+                          "examples, docs/methods.md)")
     client_ranks: dict[str, int] = Field(default_factory=dict)
     cycle: list[int] = Field(default_factory=list)
     source: Literal["spec", "memory"] = "spec"
@@ -61,6 +64,8 @@ class RanksConfig(Strict):
 
 class RankedLoRA(Strategy):
     server_evaluates: ClassVar[bool] = True
+    # the HetLoRA rule's weights when ranks.weighting is unset: the HetLoRA paper's norm
+    default_weighting: ClassVar[Weighting] = "norm"
 
     @classmethod
     def adapter_spec(cls, cfg: ServerConfig) -> pb.AdapterSpec:
@@ -69,7 +74,7 @@ class RankedLoRA(Strategy):
     def __init__(self, cfg: ServerConfig, model, rule: str | None = None):
         super().__init__(cfg, model)
         self.rule = rule or cfg.ranks.rule
-        self.weighting = cfg.ranks.weighting
+        self.weighting: Weighting = cfg.ranks.weighting or self.default_weighting
         self.alpha = cfg.adapter.alpha
         self.r_max = cfg.adapter.rank
         state = model.state()

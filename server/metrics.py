@@ -61,7 +61,7 @@ class Metrics:
         self.uploads = Counter(f"{PREFIX}_uploads", "updates accepted (status=accepted) and upload "
                                "calls refused, by the gRPC status sent", ["status"], registry=r)
         self.bytes = Counter(f"{PREFIX}_bytes", "bytes moved per measured level (tensor, payload, "
-                             "gRPC message, interface where measurable), direction and client",
+                             "protobuf message, interface where the client's own), direction and client",
                              ["level", "direction", "client"], registry=r)
         self.test_metric = Gauge(f"{PREFIX}_test_metric", "the latest evaluation of the global "
                                  "model on the test split (the clients' weighted mean when they "

@@ -7,15 +7,15 @@ Field names and values are a contract: :func:`fedlora.server.runlog.summarize`,
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import Any
 
+from fedlora.common import netstat
 from fedlora.common.evaluate import Score
 from fedlora.common.wire.stats import TransferStats
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.rounds import Round
-from fedlora.server.runlog import RunLog
+from fedlora.server.runlog import DIRECTIONS, RunLog, iface_fields
 
 
 def write_initial(runlog: RunLog, score: Score) -> None:
@@ -24,9 +24,28 @@ def write_initial(runlog: RunLog, score: Score) -> None:
                  **_extra(score), planned=0, accepted=0, seconds=0.0, up_mb=0.0, down_mb=0.0)
 
 
+# what a client measures of its round (its report's metrics), under the names a strategy's
+# prediction uses (Instruction.prediction); overhead_seconds is the rest of round_seconds
+MEASURED = {"round_seconds": "round_seconds", "train_seconds": "train_seconds",
+            "upload_seconds": "client_up_seconds", "download_seconds": "client_down_seconds"}
+
+
+def measured_seconds(rep: dict[str, float]) -> dict[str, float | None]:
+    """A report's round seconds by part (None where it did not say): the names of
+    :data:`MEASURED`, and ``overhead_seconds``, the round less its steps and transfers."""
+    out: dict[str, float | None] = {k: rep.get(m) for k, m in MEASURED.items()}
+    parts = [out["round_seconds"], out["train_seconds"], out["upload_seconds"], out["download_seconds"]]
+    out["overhead_seconds"] = (None if any(v is None for v in parts)
+                               else max(0.0, parts[0] - parts[1] - parts[2] - parts[3]))
+    return out
+
+
 def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
                   down: dict[str, TransferStats]) -> list[dict[str, Any]]:
-    """One record per planned client, whatever became of it; returns them for the round record."""
+    """One record per planned client, whatever became of it; returns them for the round record.
+    A plan that carried a prediction (:attr:`Instruction.prediction`) is recorded with it as
+    ``predicted`` and the client's own figures under the same names as ``measured``
+    (:func:`measured_seconds`; None where it did not report)."""
     out = []
     for cid in sorted(r.instructions):
         status = ("accepted" if cid in r.accepted else "refused" if cid in r.refused
@@ -35,15 +54,18 @@ def write_clients(runlog: RunLog, r: Round, up: dict[str, TransferStats],
         down_t = dataclasses.replace(down.get(cid, TransferStats()))
         if rep.get("client_down_seconds"):  # the receiver's clock: the sender's ends when
             down_t.seconds = rep["client_down_seconds"]  # its buffers fill, not on arrival
-        up_d, down_d = up.get(cid, TransferStats()).as_dict(), down_t.as_dict()
-        # the client's own interface counters: tx while uploading, rx while downloading
-        up_d["iface_bytes"] = _int_or_none(rep.get("iface_up_tx_bytes"))
-        down_d["iface_bytes"] = _int_or_none(rep.get("iface_down_rx_bytes"))
+        moved = {"up": up.get(cid, TransferStats()).as_dict(), "down": down_t.as_dict()}
+        for d in DIRECTIONS:  # the client's interface counters, judged against its own bytes
+            moved[d].update(iface_fields(*netstat.assess(d, rep)))
+        prediction = r.instructions[cid].prediction
+        seconds = ({"predicted": {k: round(v, 4) for k, v in prediction.items()},
+                    "measured": measured_seconds(rep)} if prediction else {})
         out.append(runlog.write(
             "client", round=r.number, attempt=r.attempt, client=cid, status=status,
-            reason=r.refused.get(cid) or r.lost.get(cid), weight=r.accepted.get(cid), up=up_d, down=down_d,
+            reason=r.refused.get(cid) or r.lost.get(cid), weight=r.accepted.get(cid),
+            up=moved["up"], down=moved["down"],
             train_loss=rep.get("train_loss"), local_accuracy=rep.get("local_accuracy"),
-            metrics=rep))
+            **seconds, metrics=rep))
     return out
 
 
@@ -109,9 +131,3 @@ def _sum_mb(values: Iterable[int | None]) -> float | None:
     """Total MB, or None when any value is missing (the level was not measurable)."""
     vals = list(values)
     return None if not vals or any(v is None for v in vals) else sum(vals) / 1e6
-
-
-def _int_or_none(v: float | None) -> int | None:
-    """A counter as reported; None when it is missing, negative (not measurable) or not a
-    finite number (reports are checked at admission; this keeps the records from failing)."""
-    return None if v is None or not math.isfinite(v) or v < 0 else int(v)

@@ -17,9 +17,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from fedlora.common import netstat
 from fedlora.common.storage import Appender, Reserve, StorageError, prepare_dir, write_atomic
 
-LEVELS = ("tensor_bytes", "payload_bytes", "grpc_bytes", "iface_bytes")
+# the byte levels of a transfer, each named for what it counts (common/wire/stats.py,
+# common/netstat.py): raw tensors, chunk data, serialized protobuf messages, interface counters
+LEVELS = ("tensor_bytes", "payload_bytes", "protobuf_bytes", "iface_bytes")
+IFACE = LEVELS[-1]  # a number only where the interface carried the transfer alone (iface_fields)
+# keys of run folders written before a level was renamed ("grpc_bytes" never counted gRPC's
+# framing, only the protobuf messages): read_records maps them, so no reader knows the old names
+RENAMED = {"grpc_bytes": "protobuf_bytes", "client_up_grpc_bytes": "client_up_protobuf_bytes",
+           "client_down_grpc_bytes": "client_down_protobuf_bytes"}
 DIRECTIONS = ("up", "down")
 
 Record = dict[str, Any]
@@ -119,22 +127,61 @@ def finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def iface_fields(counted: int | None, verdict: netstat.Verdict) -> Record:
+    """A transfer's interface level as its record holds it: ``iface_bytes`` only where the
+    interface carried the transfer alone (else None, so no sum, chart or metric counts other
+    traffic as the client's), the verdict and its reason, and the counter as read."""
+    return {IFACE: counted if verdict.exclusive else None, "iface_counted_bytes": counted,
+            "iface_verdict": verdict.kind, "iface_reason": verdict.reason}
+
+
+def _moved(rec: Record, direction: str) -> bool:
+    """Whether a record's transfer moved payload: only those have an interface level (a client
+    that already held the round's global state downloaded nothing)."""
+    return bool((rec.get(direction) or {}).get("payload_bytes"))
+
+
 def sum_bytes(clients: Iterable[Record]) -> dict[str, dict[str, int | None]]:
-    """Bytes of ``client`` records summed per direction and level; a level is None when an
-    accepted client could not measure it (interface bytes on shared loopback), as a partial
-    sum would mislead."""
+    """Bytes of ``client`` records summed per direction and level. The interface level is None
+    unless every transfer that moved payload has its own (a shared interface, loopback, a client
+    that never reported), as a partial sum, or one with other traffic in it, would mislead;
+    :func:`iface_verdict` says why."""
     totals: dict[str, dict[str, int | None]] = {d: dict.fromkeys(LEVELS, 0) for d in DIRECTIONS}
     for rec in clients:
         for d in DIRECTIONS:
             for lvl in LEVELS:
                 v = (rec.get(d) or {}).get(lvl)
                 if v is None:  # a level not measured
-                    if lvl == "iface_bytes" and rec.get("status") == "accepted":
+                    if lvl == IFACE and _moved(rec, d):
                         totals[d][lvl] = None
                     continue
                 if totals[d][lvl] is not None:
                     totals[d][lvl] += int(v)
     return totals
+
+
+def iface_verdict(clients: Iterable[Record], direction: str) -> dict[str, str] | None:
+    """The interface level's verdict over the transfers :func:`sum_bytes` counts for it (those
+    that moved payload): the worst of theirs (:data:`~fedlora.common.netstat.VERDICTS`), with
+    the first such transfer's reason, its round and how many had it; None when none moved."""
+    moved = [rec for rec in clients if _moved(rec, direction)]
+    for kind in netstat.VERDICTS:
+        hits = [rec for rec in moved if rec[direction].get("iface_verdict") == kind]
+        if hits:
+            why = hits[0][direction].get("iface_reason") or "no reason recorded"
+            return {"verdict": kind, "reason": f"{why}; round {hits[0].get('round')}, "
+                                               f"{len(hits)} of {len(moved)} transfers"}
+    return None
+
+
+def unmeasured_text(verdict: dict[str, str] | None, why: bool = True) -> str:
+    """What a report prints for an interface level that is not a number (an :func:`iface_verdict`):
+    ``shared (reason)`` where other traffic is in the counters, ``n/a (reason)`` where nothing was
+    measured; without ``why``, the word alone (a narrow column)."""
+    word = "shared" if verdict is not None and verdict["verdict"] == netstat.SHARED else "n/a"
+    if not why:
+        return word
+    return f"{word} ({verdict['reason'] if verdict is not None else 'no transfer'})"
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,6 +193,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     for rec in clients:
         by_client[rec["client"]].append(rec)
     per_client = {cid: sum_bytes(recs) for cid, recs in by_client.items()}
+    iface = {cid: {d: iface_verdict(recs, d) for d in DIRECTIONS} for cid, recs in by_client.items()}
     initial = next((r for r in records if r["type"] == "round" and r["round"] == 0), {})
     last = rounds[-1] if rounds else {}
     return {
@@ -161,10 +209,13 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "bytes": totals,
         "mb_up": totals["up"]["payload_bytes"] / 1e6,
         "mb_down": totals["down"]["payload_bytes"] / 1e6,
-        "wire_overhead": {d: (round(totals[d]["iface_bytes"] / totals[d]["payload_bytes"], 4)
-                              if totals[d]["iface_bytes"] and totals[d]["payload_bytes"] else None)
-                          for d in ("up", "down")},
+        "wire_overhead": {d: (round(totals[d][IFACE] / totals[d]["payload_bytes"], 4)
+                              if totals[d][IFACE] and totals[d]["payload_bytes"] else None)
+                          for d in DIRECTIONS},
+        # why the interface level is, or is not, a number: overall, and per client
+        "iface": {d: iface_verdict(clients, d) for d in DIRECTIONS},
         "per_client": per_client,
+        "per_client_iface": iface,
         "wall_seconds": round(sum(r.get("seconds", 0.0) for r in rounds), 3),
         # launch of the coordinator process to its first round planned (start-up: imports, the
         # model and data, the clients' joins); a resumed run's is its last process's
@@ -181,12 +232,31 @@ def _first_round_seconds(records: list[Record]) -> float | None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``, in today's names (:func:`current`), so a run folder
+    written by an older coordinator reads like a new one everywhere."""
     if not path.is_file():
         return []
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            out.append(json.loads(line))
+            out.append(current(json.loads(line)))
         except ValueError:
             continue  # a line being written concurrently
     return out
+
+
+def current(rec: Record) -> Record:
+    """``rec`` as today's coordinator writes it (in place): the keys of :data:`RENAMED` under
+    their new names, and a transfer recorded before interface verdicts judged from the report
+    it kept, as a new one would be. The one place that knows a client record's old forms."""
+    if rec.get("type") != "client":
+        return rec
+    for part in (rec.get("up"), rec.get("down"), rec.get("metrics")):
+        if isinstance(part, dict):
+            for old in RENAMED.keys() & part.keys():
+                part[RENAMED[old]] = part.pop(old)
+    for d in DIRECTIONS:
+        part = rec.get(d)
+        if isinstance(part, dict) and "iface_verdict" not in part:
+            part.update(iface_fields(*netstat.assess(d, rec.get("metrics") or {})))
+    return rec

@@ -246,17 +246,17 @@ class CoordinatorService(pbg.CoordinatorServicer):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE,
                                 f"offset {request.offset} beyond the blob's {blob.size} bytes")
         pieces = iter_chunks(blob.data, self.engine.spec.chunk_bytes, start=request.offset)
-        sent = grpc_bytes = 0
+        sent = protobuf_bytes = 0
         t0 = time.perf_counter()
         try:
-            grpc_bytes += request.ByteSize()
+            protobuf_bytes += request.ByteSize()
             while (msg := await self.work.call(_next_chunk, pieces, blob)) is not None:
-                grpc_bytes += msg.ByteSize()
+                protobuf_bytes += msg.ByteSize()
                 sent += len(msg.data)
                 self.sessions.heard(cid)
                 await self._write(context, msg, "download", cid)
         finally:
-            await self.work.call(self.transfers.sent, cid, request.round, blob, sent, grpc_bytes,
+            await self.work.call(self.transfers.sent, cid, request.round, blob, sent, protobuf_bytes,
                                  time.perf_counter() - t0)
 
     async def Upload(self, request_iterator, context) -> pb.UploadReply:
@@ -275,11 +275,11 @@ class CoordinatorService(pbg.CoordinatorServicer):
         _same_session(first, session)
         rnd = first.round
         part = await self.work.call(self._admit, first)
-        received = grpc_bytes = 0
+        received = protobuf_bytes = 0
         try:
             msg = first
             while msg is not None:
-                grpc_bytes += msg.ByteSize()
+                protobuf_bytes += msg.ByteSize()
                 received += len(msg.data)
                 self.sessions.heard(cid)
                 if msg.data or msg.offset:
@@ -291,10 +291,10 @@ class CoordinatorService(pbg.CoordinatorServicer):
             reply = pb.UploadReply(received=part.acked, complete=status.complete,
                                    message="accepted" if status.complete else
                                    f"{part.acked} of {part.total_size} bytes held")
-            grpc_bytes += reply.ByteSize()
+            protobuf_bytes += reply.ByteSize()
             return reply
         finally:
-            await self.work.call(self.transfers.received, cid, rnd, received, grpc_bytes,
+            await self.work.call(self.transfers.received, cid, rnd, received, protobuf_bytes,
                                  time.perf_counter() - t0)
 
     def _admit(self, first: pb.UploadChunk):

@@ -34,11 +34,18 @@ class ClientInfo:
 @dataclass
 class Instruction:
     """What one client does in one round: the plan (data), the tensors it downloads, and the
-    exact names/shapes/dtypes its upload must contain."""
+    exact names/shapes/dtypes its upload must contain.
+
+    ``prediction``: for a strategy that plans with predicted times (LEGEND), the seconds it
+    expects this client's round to take, by part, named as the client measures them
+    (``round_seconds``, ``train_seconds``, ``upload_seconds``, ``download_seconds``,
+    ``overhead_seconds``: :data:`fedlora.server.records.MEASURED`). The engine writes it into
+    the client's record beside the measured seconds; empty (the default) records nothing."""
 
     plan: pb.Plan
     tensors: dict[str, torch.Tensor]
     expected: dict[str, TensorSpec] = field(default_factory=dict)
+    prediction: dict[str, float] = field(default_factory=dict)
 
 
 def split_prefixed(tensors: dict[str, torch.Tensor],

@@ -156,7 +156,7 @@ class Transfers:
             return pb.UploadStatusReply(acked_offset=part.acked, total_size=part.total_size)
 
     # ------------------------------------------------------------------ byte counts
-    def sent(self, cid: str, rnd: int, blob: Blob, payload_bytes: int, grpc_bytes: int,
+    def sent(self, cid: str, rnd: int, blob: Blob, payload_bytes: int, protobuf_bytes: int,
              seconds: float) -> None:
         """One download call's cost; resumed downloads add up."""
         with self._lock:
@@ -164,15 +164,15 @@ class Transfers:
                 return
             t = self._down.setdefault(cid, TransferStats(tensor_bytes=blob.tensor_bytes,
                                                          stage_bytes=list(blob.stage_bytes)))
-            t.add(payload_bytes, grpc_bytes, seconds)
+            t.add(payload_bytes, protobuf_bytes, seconds)
 
-    def received(self, cid: str, rnd: int, payload_bytes: int, grpc_bytes: int,
+    def received(self, cid: str, rnd: int, payload_bytes: int, protobuf_bytes: int,
                  seconds: float) -> None:
         """One upload call's cost, resends included."""
         with self._lock:
             if rnd != self._round:
                 return
-            self._up.setdefault(cid, TransferStats()).add(payload_bytes, grpc_bytes, seconds)
+            self._up.setdefault(cid, TransferStats()).add(payload_bytes, protobuf_bytes, seconds)
 
     def stats(self) -> tuple[dict[str, TransferStats], dict[str, TransferStats]]:
         """Copies of the round's ``(up, down)`` stats per client, for its records."""

@@ -18,24 +18,25 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
 @dataclass
 class TransferStats:
     """``tensor_bytes``: raw tensors; ``payload_bytes``: chunk data that crossed, resends
-    included; ``grpc_bytes``: serialized protobuf size of every message of the calls;
-    ``seconds``: time inside the calls; ``iface``: interface counter deltas, where measurable."""
+    included; ``protobuf_bytes``: serialized protobuf size of every message of the calls (not
+    gRPC's 5-byte message prefix, nor HTTP/2, TLS or TCP/IP framing: the interface level counts
+    those); ``seconds``: time inside the calls; ``iface``: interface counter deltas, where measurable."""
 
     tensor_bytes: int = 0
     payload_bytes: int = 0
-    grpc_bytes: int = 0
+    protobuf_bytes: int = 0
     seconds: float = 0.0
     stage_bytes: list[int] = field(default_factory=list)
     iface: Counters | None = None
 
-    def add(self, payload_bytes: int, grpc_bytes: int, seconds: float) -> None:
+    def add(self, payload_bytes: int, protobuf_bytes: int, seconds: float) -> None:
         self.payload_bytes += payload_bytes
-        self.grpc_bytes += grpc_bytes
+        self.protobuf_bytes += protobuf_bytes
         self.seconds += seconds
 
     def as_dict(self) -> dict[str, Any]:
         d = {"tensor_bytes": self.tensor_bytes, "payload_bytes": self.payload_bytes,
-             "grpc_bytes": self.grpc_bytes, "seconds": round(self.seconds, 4),
+             "protobuf_bytes": self.protobuf_bytes, "seconds": round(self.seconds, 4),
              "stage_bytes": self.stage_bytes}
         d["throughput_bytes_per_s"] = (round(self.payload_bytes / self.seconds, 1)
                                        if self.seconds > 0 else None)

@@ -17,8 +17,8 @@ Our reading (methods.md, LEGEND, [ours]) -- the paper's full algorithm could not
 checked, so the following are our choices, not the paper's:
 
 * the time model of :func:`predict_seconds`: measured per-block forward/backward seconds
-  per local step plus a fixed per-step cost, plus bytes over the measured bandwidths; the
-  effect of the rank on compute is neglected;
+  per local step plus a fixed per-step cost, plus bytes over the measured bandwidths, plus
+  the device's last per-round overhead; the effect of the rank on compute is neglected;
 * the ramp: linear interpolation from ``r_min`` (lowest adapted block) to ``r_max`` (top
   block), rounded half up;
 * the greedy of :func:`plan`: a common target time ``T``, clipped by an optional deadline;
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 BlockShape = list[tuple[int, int]]
 """``(d_in, d_out)`` of every adapted linear module of one transformer block."""
@@ -49,7 +49,8 @@ class Device:
     (embeddings, head, optimizer).  Bandwidths in bytes per second; 0 means unknown (its
     transfer time is then taken as 0).  ``memory_bytes``: 0 = unknown (not used by the
     planner yet).  ``fixed_bytes``: bytes sent each way whatever the LoRA configuration,
-    e.g. a trainable classifier head.
+    e.g. a trainable classifier head.  ``overhead_seconds``: per-round cost outside the steps
+    and the transfers (model rebuild, evaluation, packing), whatever the configuration.
     """
 
     client_id: str
@@ -61,6 +62,7 @@ class Device:
     down_bytes_per_second: float
     memory_bytes: int = 0
     fixed_bytes: int = 0
+    overhead_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class Assignment:
 
     LoRA sits on the top ``depth`` blocks only (``L - depth .. L - 1``); ``ranks`` has one
     entry per block, 0 for blocks without LoRA.  ``upload_bytes`` / ``download_bytes``
-    include the device's ``fixed_bytes``.
+    include the device's ``fixed_bytes``.  ``parts``: ``predicted_seconds`` by part
+    (:func:`predict_parts`).
     """
 
     depth: int
@@ -77,6 +80,7 @@ class Assignment:
     predicted_seconds: float
     upload_bytes: int
     download_bytes: int
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- validation
@@ -116,24 +120,26 @@ def _check_device(dev: Device, L: int) -> None:
     who = f"device {dev.client_id!r}"
     if not isinstance(dev.client_id, str) or not dev.client_id:
         raise ValueError(f"client_id: must be a non-empty string, got {dev.client_id!r}")
-    for field in ("forward_seconds", "backward_seconds"):
-        values = getattr(dev, field)
+    for name in ("forward_seconds", "backward_seconds"):
+        values = getattr(dev, name)
         if len(values) != L:
-            raise ValueError(f"{who}: {field} has {len(values)} entries, expected {L} (one per block)")
+            raise ValueError(f"{who}: {name} has {len(values)} entries, expected {L} (one per block)")
         for b, s in enumerate(values):
             if not (_nonneg(s) and math.isfinite(s)):
-                raise ValueError(f"{who}: {field}[{b}] must be finite and >= 0, got {s!r}")
-    if not (_nonneg(dev.fixed_seconds) and math.isfinite(dev.fixed_seconds)):
-        raise ValueError(f"{who}: fixed_seconds must be finite and >= 0, got {dev.fixed_seconds!r}")
+                raise ValueError(f"{who}: {name}[{b}] must be finite and >= 0, got {s!r}")
+    for name in ("fixed_seconds", "overhead_seconds"):
+        v = getattr(dev, name)
+        if not (_nonneg(v) and math.isfinite(v)):
+            raise ValueError(f"{who}: {name} must be finite and >= 0, got {v!r}")
     if not _is_int(dev.steps) or dev.steps < 0:
         raise ValueError(f"{who}: steps must be an int >= 0, got {dev.steps!r}")
-    for field in ("up_bytes_per_second", "down_bytes_per_second"):
-        if not _nonneg(getattr(dev, field)):
-            raise ValueError(f"{who}: {field} must be >= 0 (0 = unknown), got {getattr(dev, field)!r}")
-    for field in ("memory_bytes", "fixed_bytes"):
-        v = getattr(dev, field)
+    for name in ("up_bytes_per_second", "down_bytes_per_second"):
+        if not _nonneg(getattr(dev, name)):
+            raise ValueError(f"{who}: {name} must be >= 0 (0 = unknown), got {getattr(dev, name)!r}")
+    for name in ("memory_bytes", "fixed_bytes"):
+        v = getattr(dev, name)
         if not _is_int(v) or v < 0:
-            raise ValueError(f"{who}: {field} must be an int >= 0, got {v!r}")
+            raise ValueError(f"{who}: {name} must be an int >= 0, got {v!r}")
 
 
 def _check_devices(devices: Sequence[Device], L: int) -> None:
@@ -196,13 +202,21 @@ def _transfer_seconds(nbytes: int, bytes_per_second: float) -> float:
     return nbytes / bytes_per_second if bytes_per_second > 0 else 0.0
 
 
-def _predict(dev: Device, depth: int, payload: int, L: int) -> float:
+def predict_parts(dev: Device, depth: int, payload: int, L: int) -> dict[str, float]:
+    """A round's predicted seconds by part, named as the client measures them:
+    ``train_seconds`` (the steps), ``upload_seconds`` / ``download_seconds`` (``payload`` bytes
+    each way) and ``overhead_seconds`` (the device's per-round rest)."""
     compute = sum(dev.forward_seconds) + sum(dev.backward_seconds[L - depth :]) + dev.fixed_seconds
-    return (
-        dev.steps * compute
-        + _transfer_seconds(payload, dev.up_bytes_per_second)
-        + _transfer_seconds(payload, dev.down_bytes_per_second)
-    )
+    return {
+        "train_seconds": dev.steps * compute,
+        "upload_seconds": _transfer_seconds(payload, dev.up_bytes_per_second),
+        "download_seconds": _transfer_seconds(payload, dev.down_bytes_per_second),
+        "overhead_seconds": dev.overhead_seconds,
+    }
+
+
+def _predict(dev: Device, depth: int, payload: int, L: int) -> float:
+    return sum(predict_parts(dev, depth, payload, L).values())
 
 
 def predict_seconds(
@@ -211,8 +225,8 @@ def predict_seconds(
     """Predicted round time of ``dev`` with LoRA of ``ranks`` on its top ``depth`` blocks.
 
     ``steps * (sum of all forward_seconds + sum of backward_seconds of the top depth blocks
-    + fixed_seconds) + payload / up_bytes_per_second + payload / down_bytes_per_second``
-    with ``payload = lora_bytes(ranks) + fixed_bytes``.
+    + fixed_seconds) + payload / up_bytes_per_second + payload / down_bytes_per_second
+    + overhead_seconds`` with ``payload = lora_bytes(ranks) + fixed_bytes``.
 
     The forward pass runs through every block; back-propagation stops below the adapted
     blocks.  The rank's own effect on compute is neglected (a LoRA matmul of rank r << d is
@@ -232,12 +246,14 @@ def predict_seconds(
 
 def _assignment(dev: Device, depth: int, ranks: list[int], shapes, bytes_per_param: int) -> Assignment:
     payload = lora_bytes(ranks, shapes, bytes_per_param) + dev.fixed_bytes
+    parts = predict_parts(dev, depth, payload, len(shapes))
     return Assignment(
         depth=depth,
         ranks=ranks,
-        predicted_seconds=_predict(dev, depth, payload, len(shapes)),
+        predicted_seconds=sum(parts.values()),
         upload_bytes=payload,
         download_bytes=payload,
+        parts=parts,
     )
 
 

@@ -2,13 +2,16 @@
 the output, chosen from each device's measured profile so predicted round times even out.
 
 Every round the planner (planner.py) reads each sampled client's latest profile:
-per-block forward/backward seconds (measured at join, rescaled every round by how the
-round's steps really went), upload and download rates (the join probe, then the round's real
+per-block forward/backward seconds (measured at join, then fitted every round to the step
+times measured at the depths the client really ran: client.py, fit_block_seconds), upload and
+download rates (the join probe, then the round's real
 transfers) and the plan's local steps, and assigns a depth and per-block ranks. Layers are
 aggregated over the clients that trained them, mixed ranks with the HetLoRA or FlexLoRA rule
 (``ranks.rule``). The predicted time of every client is logged with the round (and the
-uniform plan's, for comparison); each client's measured ``round_seconds`` sits beside it in
-its own record, so the planner's error is visible (``fedlora report``, bench/heterogeneous.py).
+uniform plan's, for comparison); each client's record carries its plan's prediction by part
+(``predicted``: round, train, upload, download and overhead seconds) beside what the client
+measured under the same names (``measured``), so the planner's error is visible per client,
+round and depth (``fedlora report``, bench/compare.py --suite heterogeneous).
 
 Journal (resume after a coordinator restart): the planner keeps nothing from round to round
 (``assignments`` and ``baseline`` are the current round's), so LEGEND's journaled state is
@@ -25,8 +28,9 @@ from typing import Any, ClassVar
 from fedlora.common.training import steps_per_round
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.methods.legend.planner import Assignment, BlockShape, Device, plan, uniform
-from fedlora.server.strategy import ClientInfo, TensorSpec
+from fedlora.server.strategy import ClientInfo, Instruction, TensorSpec
 from fedlora.methods.ranked import RankedLoRA, Ranks
+from fedlora.methods.rules import Weighting
 
 _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
@@ -34,6 +38,9 @@ _BLOCK = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 class Legend(RankedLoRA):
     name: ClassVar[str] = "legend"
     needs_link_rates: ClassVar[bool] = True  # the planner predicts transfer seconds
+    # aggregation weighted by p_k (docs/methods.md), with either rule; ranks.weighting: norm
+    # gives the HetLoRA paper's weights instead
+    default_weighting: ClassVar[Weighting] = "examples"
 
     def __init__(self, cfg, model):
         super().__init__(cfg, model)
@@ -62,11 +69,12 @@ class Legend(RankedLoRA):
             client_id=c.id,
             forward_seconds=[ls.get(f"fwd.{i}", 0.0) * scale for i in range(L)],
             backward_seconds=[ls.get(f"bwd.{i}", 0.0) * scale for i in range(L)],
-            # the last round's overhead beyond steps and transfers, spread over the steps
-            fixed_seconds=ls.get("fixed", 0.0) * scale + ls.get("round_overhead", 0.0) / steps,
+            fixed_seconds=ls.get("fixed", 0.0) * scale,
             steps=steps,
             up_bytes_per_second=p.upload_bytes_per_second, down_bytes_per_second=p.download_bytes_per_second,
-            memory_bytes=p.memory_bytes, fixed_bytes=self.fixed_bytes)
+            memory_bytes=p.memory_bytes, fixed_bytes=self.fixed_bytes,
+            # the last round's cost beyond steps and transfers
+            overhead_seconds=ls.get("round_overhead", 0.0))
 
     def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
         lg = self.cfg.legend
@@ -77,6 +85,15 @@ class Legend(RankedLoRA):
         self.baseline = uniform(devices, self.shapes, self.r_max)
         return {cid: {path: a.ranks[self.index[self.block_of[path]]] for path in self.pairs}
                 for cid, a in self.assignments.items()}
+
+    def configure(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Instruction]:
+        """RankedLoRA's plans at the planner's ranks, each with the planner's predicted seconds
+        (round and parts), which the engine records beside the client's measured ones."""
+        out = super().configure(rnd, clients)
+        for cid, inst in out.items():
+            a = self.assignments[cid]
+            inst.prediction = {"round_seconds": a.predicted_seconds, **a.parts}
+        return out
 
     def extend_plan(self, rnd: int, client: ClientInfo, ranks: Ranks, plan_: pb.Plan,
                     expected: dict[str, TensorSpec]) -> None:

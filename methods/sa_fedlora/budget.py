@@ -12,8 +12,9 @@ AdaLoRA's budget mechanics lifted from optimiser steps to federated rounds.
   (a temperature ``T_k = gamma**k`` mapped linearly onto [b_final, b0], or AdaLoRA's cubic
   curve), then b_final for good.
 - ``importance.ImportanceEMA`` (client side) scores each triplet.
-- ``keep_top`` (coordinator side): given the p_k-weighted sum of the clients' scores, keep
-  the round's budget of triplets, highest first, with a per-layer floor.
+- ``keep_top`` (coordinator side): given the p_k-weighted sum of the clients' scores,
+  smoothed across rounds (strategy.py), keep the round's budget of triplets, highest first,
+  with a per-layer floor.
 - ``prune``: cut a layer's factors down to the kept triplets.
 """
 

@@ -24,6 +24,10 @@ class SAFedLoRAConfig(Strict):
     min_rank: int = Field(1, ge=0, description="triplets every layer keeps")
     beta1: float = Field(0.85, ge=0, lt=1)
     beta2: float = Field(0.85, ge=0, lt=1)
+    round_beta: float = Field(0.85, ge=0, lt=1, description=(
+        "the coordinator's EMA of the triplet importances across rounds (one round one AdaLoRA "
+        "step, as for the budget): the share of the earlier rounds' smoothed importance kept; "
+        "0 = each round's scores alone"))
 
 
 class ImportanceOptions(PlanOptions):

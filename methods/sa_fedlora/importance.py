@@ -2,8 +2,11 @@
 
 AdaLoRA's ``P diag(lambda) Q`` is represented by plain LoRA factors (A, B) with lambda folded
 into B (the coordinator re-factorises by SVD each round, so the triplets are singular
-triplets), so the triplet score has no separate lambda term. The coordinator sums the
-clients' scores and keeps the top of the round's budget (:mod:`.budget`).
+triplets), so the triplet score has no separate lambda term. The EMAs here run over one
+round's steps, from zero: a client may sit out rounds and its factors are re-factorised
+between them, so element-wise state would not carry over. The coordinator sums the clients'
+scores, smooths the sum across rounds per triplet (:mod:`.strategy`) and keeps the top of the
+round's budget (:mod:`.budget`).
 """
 
 from __future__ import annotations

@@ -5,10 +5,13 @@ clients train with ``mu/2 ||theta - theta_global||^2`` and drift less.
 Annealing (AdaLoRA's mechanics lifted to rounds, our reading, docs/methods.md): every layer
 starts at ``adapter.rank``; clients report each LoRA triplet's importance with their update;
 after aggregating (same ranks everywhere, so a plain n_k-weighted average of the factors) the
-coordinator sums the importances (n_k-weighted), keeps the top triplets of the next round's
-budget (budget.py), drops the rest and re-factorises each layer by SVD, so the triplets
-of the next round are singular triplets ``P diag(lambda) Q`` with lambda folded into B. The
-next plans carry the per-layer ranks that survived: pruned ranks vanish from the wire.
+coordinator sums the importances (n_k-weighted), folds that sum into its EMA across rounds
+(``sa_fedlora.round_beta``: AdaLoRA smooths the importance over the whole run, not within one
+budget step, and a round is our budget step), keeps the top triplets of the next round's
+budget (budget.py) by the smoothed importance, drops the rest and re-factorises each layer by
+SVD, so the triplets of the next round are singular triplets ``P diag(lambda) Q`` with lambda
+folded into B. The next plans carry the per-layer ranks that survived: pruned ranks vanish
+from the wire.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from fedlora.methods.sa_fedlora.budget import BudgetSchedule, keep_top, prune
 from fedlora.methods.sa_fedlora.config import ImportanceOptions
 from fedlora.methods.sa_fedlora.importance import IMPORTANCE_PREFIX
 from fedlora.methods.rules import redistribute, scaling, truncate
-from fedlora.server.strategy import ClientInfo, TensorSpec
+from fedlora.server.strategy import ClientInfo, TensorSpec, split_prefixed
 from fedlora.methods.ranked import RankedLoRA, Ranks, rank_summary
+
+SMOOTHED = "importance/"  # journaled smoothed importance, by module path
 
 
 class SAFedLoRA(RankedLoRA):
@@ -40,14 +45,19 @@ class SAFedLoRA(RankedLoRA):
             heating_rounds=sa.initiating_rounds + sa.heating_rounds,
             cooling_rounds=sa.cooling_rounds, curve=sa.curve, gamma=sa.gamma)
         self.layer_ranks: Ranks = dict.fromkeys(self.pairs, self.r_max)
-        self._importance: dict[str, torch.Tensor] = {}
+        # per layer, one float64 score per current triplet: the EMA across rounds (AdaLoRA's,
+        # from zero) of the n_k-weighted importances; absent for a layer not yet scored
+        self.importance: dict[str, torch.Tensor] = {}
+        self._importance: dict[str, torch.Tensor] = {}  # this round's weighted sums
         self._weight = 0.0
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Besides the adapter (held at r_max, zero-padded): the ranks that survived the
-        annealing so far, which the zero padding alone cannot tell apart from zero triplets.
-        The schedule is config, and the importances live within one round."""
+        annealing so far, which the zero padding alone cannot tell apart from zero triplets,
+        and the importance smoothed across rounds, which the next pruning reads. The schedule
+        is config; the round's own sums are dropped with an unfinished round."""
         tensors, meta = super().state()
+        tensors.update({SMOOTHED + path: v for path, v in self.importance.items()})
         meta["layer_ranks"] = dict(self.layer_ranks)
         return tensors, meta
 
@@ -55,8 +65,14 @@ class SAFedLoRA(RankedLoRA):
         ranks = meta.get("layer_ranks", {})
         if set(ranks) != set(self.pairs):
             raise ValueError("strategy sa-fedlora: the journaled layer ranks do not name this adapter's layers")
-        super().restore(tensors, meta)
+        smoothed, rest = split_prefixed(tensors, SMOOTHED)
+        for path, v in smoothed.items():
+            if path not in ranks or tuple(v.shape) != (int(ranks[path]),):
+                raise ValueError(f"strategy sa-fedlora: journaled importance of {path!r} does not "
+                                 "match the journaled layer ranks")
+        super().restore(rest, meta)
         self.layer_ranks = {path: int(r) for path, r in ranks.items()}
+        self.importance = {path: v.to(torch.float64) for path, v in smoothed.items()}
 
     def ranks_for(self, rnd: int, clients: list[ClientInfo]) -> dict[str, Ranks]:
         return {c.id: dict(self.layer_ranks) for c in clients}
@@ -89,11 +105,11 @@ class SAFedLoRA(RankedLoRA):
 
     def aggregate(self, rnd: int) -> dict[str, Any]:
         metrics = super().aggregate(rnd)
+        self._smooth()
         budget = self.schedule.budget(rnd + 1)
         before = dict(self.layer_ranks)
         if budget < sum(v for v in before.values()):
-            scores = {p: (self._importance[p] / self._weight).float()
-                      for p in before if before[p] > 0 and p in self._importance}
+            scores = {p: self.importance[p].float() for p in before if before[p] > 0 and p in self.importance}
             keep = keep_top(scores, budget, self.cfg.sa_fedlora.min_rank)
             new: dict[str, torch.Tensor] = {}
             for path, kept in keep.items():
@@ -105,10 +121,28 @@ class SAFedLoRA(RankedLoRA):
         self._importance, self._weight = {}, 0.0
         return metrics
 
+    def _smooth(self) -> None:
+        """Folds this round's n_k-weighted mean importance into the EMA across rounds:
+        ``I = round_beta * I + (1 - round_beta) * mean_k s_k`` per triplet, from zero."""
+        beta = self.cfg.sa_fedlora.round_beta
+        for path, total in self._importance.items():
+            seen = total / self._weight
+            prev = self.importance.get(path)  # None: the layer's first scores
+            self.importance[path] = (1.0 - beta) * seen if prev is None else beta * prev + (1.0 - beta) * seen
+
     def _refactor(self, path: str, rank: int, kept: list[int], out: dict[str, torch.Tensor]) -> None:
         """Keeps the ``kept`` triplets of a layer and re-factorises them by SVD; the layer is
-        stored at r_max (zero-padded) in the coordinator's model."""
+        stored at r_max (zero-padded) in the coordinator's model.
+
+        The SVD orders the new triplets by strength, so each takes over the smoothed importance
+        of the kept triplet of the same strength (``||B[:, i]|| ||A[i]||``): exactly the triplet
+        it is when the kept ones are orthogonal, as right after the last re-factorisation (a
+        round of training moves them only a little)."""
         A, B = prune(*self.layer_factors(path, rank), kept)
+        if path in self.importance:
+            strength = B.double().norm(dim=0) * A.double().norm(dim=1)
+            order = torch.argsort(strength, descending=True, stable=True)
+            self.importance[path] = self.importance[path][torch.as_tensor(kept, dtype=torch.long)][order]
         k = len(kept)
         if k:  # the kept triplets as singular triplets, in the scaling of rank k
             dW = (B.double() @ A.double()) * scaling(self.alpha, rank)

@@ -138,8 +138,8 @@ def test_byte_counts_match_tensor_sizes(federation):
         assert up["tensor_bytes"] == raw and down["tensor_bytes"] == raw
         assert up["payload_bytes"] == sent
         n_chunks = -(-sent // CHUNK)
-        assert sent < up["grpc_bytes"] <= sent + 200 + 80 * n_chunks  # digests + offsets per chunk
-        assert 0 < down["payload_bytes"] < down["grpc_bytes"]
+        assert sent < up["protobuf_bytes"] <= sent + 200 + 80 * n_chunks  # digests + offsets per chunk
+        assert 0 < down["payload_bytes"] < down["protobuf_bytes"]
 
 
 def test_summary_totals_equal_the_per_client_records(federation):
@@ -149,7 +149,7 @@ def test_summary_totals_equal_the_per_client_records(federation):
     summary = json.loads((run_dir / "summary.json").read_text())
     recs = records(run_dir, "client")
     for d in ("up", "down"):
-        for level in ("tensor_bytes", "payload_bytes", "grpc_bytes"):
+        for level in ("tensor_bytes", "payload_bytes", "protobuf_bytes"):
             assert summary["bytes"][d][level] == sum(r[d][level] for r in recs)
     assert summary["status"] == "complete" and summary["rounds_completed"] == 2
 

@@ -16,7 +16,7 @@ from procs import finish, free_port, start_client, start_server, tail, wait_unti
 from proxy import CutProxy
 
 CLIENTS = ["client-0", "client-1", "client-2"]
-MEASURED = ("tensor_bytes", "payload_bytes", "grpc_bytes")  # iface: not measurable on loopback
+MEASURED = ("tensor_bytes", "payload_bytes", "protobuf_bytes")  # iface: not measurable on loopback
 
 Samples = dict[tuple[str, frozenset], float]
 

@@ -62,6 +62,9 @@ def test_interface_bytes_cover_the_payload_within_the_overhead(netns_run):
             iface, payload = rec[d]["iface_bytes"], rec[d]["payload_bytes"]
             if payload == 0:  # global state already held: nothing downloaded
                 continue
+            # each client has its own namespace: its counters carry its transfers alone
+            verdict = rec[d]["iface_verdict"]
+            assert verdict == "exclusive", (rec["client"], d, rec[d]["iface_reason"])
             assert iface is not None, f"{rec['client']} {d}: no interface bytes"
             assert payload <= iface <= SMALL_OVERHEAD * payload + SMALL_SLACK, (rec["client"], d, iface, payload)
 

@@ -143,6 +143,12 @@ def test_legend_logs_predicted_beside_measured_round_times(legend_run):
         if rec["round"] == last["round"]:
             assert rec["metrics"]["round_seconds"] > 0
             assert last["strategy"]["planned"][rec["client"]]["predicted_seconds"] > 0
+        # every client record: the plan's prediction by part beside the client's measurement
+        pred, meas = rec["predicted"], rec["measured"]
+        assert set(pred) == set(meas) == {"round_seconds", "train_seconds", "upload_seconds",
+                                          "download_seconds", "overhead_seconds"}
+        assert pred["train_seconds"] > 0 and meas["train_seconds"] > 0
+        assert meas["round_seconds"] == rec["metrics"]["round_seconds"]
     profiles = [r for r in records(run_dir, "profile") if r["round"] > 0]
     assert profiles and all(any(k.startswith("bwd.") for k in p["profile"]["layer_seconds"]) for p in profiles)
 

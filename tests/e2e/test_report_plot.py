@@ -19,7 +19,7 @@ def _report(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def _transfer(payload: int) -> dict:
-    return {"tensor_bytes": payload + 100, "payload_bytes": payload, "grpc_bytes": payload + 20,
+    return {"tensor_bytes": payload + 100, "payload_bytes": payload, "protobuf_bytes": payload + 20,
             "seconds": 0.2, "iface_bytes": None}
 
 

@@ -11,7 +11,7 @@ from opacus.accountants import RDPAccountant
 from fedlora.client.privacy import BudgetExhausted, LedgerCorrupt, PrivacyLedger, ledger_path
 from fedlora.client.trainer import train_local
 from fedlora.common.config import AdapterConfig
-from fedlora.common.data import load_trec
+from fedlora.common.data import Dataset, load_trec
 from fedlora.common.model import AdaptedModel, adapter_spec_from_config, load_tokenizer
 from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
@@ -53,6 +53,61 @@ def test_each_per_sample_gradient_is_clipped(tiny_model, tmp_path):
         handle.remove()
     assert len(norms) == 20 and max(norms) <= clip * (1 + 1e-4)
     assert max(norms) > clip * 0.5  # the bound is reached, so clipping really happened
+
+
+def _per_example_gradients(am: AdaptedModel, data, tok) -> list[torch.Tensor]:
+    """Each example's own loss gradient over the trainable tensors, flattened (one forward and
+    backward per example, no opacus): the g_i that DP-SGD must clip one by one."""
+    params = [p for p in am.model.parameters() if p.requires_grad]
+    out = []
+    for i in range(len(data)):
+        enc, targets = next(TASK.batches(data, tok, 1, 32, [i]))
+        grads = torch.autograd.grad(TASK.loss(am.model(**enc).logits, targets), params)
+        out.append(torch.cat([g.flatten() for g in grads]))
+    return out
+
+
+def test_a_batch_is_clipped_example_by_example_not_as_a_whole(tiny_model, tmp_path):
+    """DP-SGD's guarantee rests on bounding each example's influence: with zero noise, one step
+    over a batch of 6 must apply ``sum_i g_i min(1, C / ||g_i||) / 6``, not the batch gradient
+    clipped once. A confident head (class 0's bias +4) makes the examples labelled 0 nearly
+    right (small gradients, left as they are) and the others wrong (gradients ~15x larger,
+    clipped), so the two clippings land far apart. Dropout is off so each g_i is one number."""
+    am = _adapted(tiny_model)
+    for m in am.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    bias = next(n for n in am.state() if n.endswith("classifier.bias"))
+    am.load_state({bias: torch.tensor([4.0, 0, 0, 0, 0, 0])})
+    tok, trec = load_tokenizer(str(tiny_model)), load_trec()
+    data = Dataset(trec.texts[:6], [0, 0, 0, 3, 4, 5], trec.label_names)
+    g = _per_example_gradients(am, data, tok)
+    norms = torch.stack([gi.norm() for gi in g])
+    clip = float((norms.min() * norms.max()).sqrt())  # between the two groups: 3 clipped, 3 not
+    assert norms.max() > 5 * norms.min() and (norms < clip).sum() == 3
+    per_example = sum(gi * min(1.0, clip / gi.norm().item()) for gi in g) / len(g)
+    mean = sum(g) / len(g)
+    per_batch = mean * min(1.0, clip / mean.norm().item())
+    assert (per_example - per_batch).norm() > 0.1 * per_example.norm()  # the test can tell them apart
+
+    seen: list[torch.Tensor] = []
+    params = [p for p in am.model.parameters() if p.requires_grad]
+
+    def record(opt, *_a, **_k):
+        if type(opt) is torch.optim.SGD:  # the inner optimizer: it sees the clipped gradient
+            seen.append(torch.cat([p.grad.flatten() for p in params]))
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:  # sampling rate 1: the one batch is all 6 examples; noise multiplier 0
+        train_local(am, data, tok, pb.LocalTraining(max_steps=1, batch_size=6, learning_rate=0.0, optimizer="sgd"),
+                    32, 0, torch.device("cpu"), PrivacyLedger(tmp_path / "p.json", "run-a", 0.0, 1e-5, clip, 0.0, 1.0),
+                    task=TASK)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], per_example, rtol=1e-4, atol=1e-6)
 
 
 def test_epsilon_grows_with_rounds_and_matches_opacus(tmp_path):

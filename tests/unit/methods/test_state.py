@@ -7,15 +7,11 @@ import pytest
 import torch
 
 from fedlora import methods
-from fedlora.common.config import ServerConfig
-from fedlora.common.model import AdaptedModel
-from fedlora.common.tasks import get_task
 from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.journal import Journal
 from fedlora.server.strategy import ClientInfo, Strategy
+from strategies import build_strategy, seeded_update
 
-TASK = get_task("classification")
-LABELS = 6
 SECTIONS = {
     # annealing from round 1 on, so the ranks SA-FedLoRA keeps change after it
     "sa-fedlora": {"sa_fedlora": {"initiating_rounds": 0, "heating_rounds": 0, "cooling_rounds": 2,
@@ -37,20 +33,14 @@ CLIENTS = [ClientInfo(f"client-{i}", i, 10 * (i + 1), _profile(i)) for i in rang
 
 
 def _strategy(name: str, tiny_model, tmp_path) -> Strategy:
-    cls = methods.get(name).strategy
-    cfg = ServerConfig(model=str(tiny_model), strategy=name, run_dir=tmp_path, insecure=True, rounds=3,
-                       adapter={"rank": 4, "alpha": 8.0}, **SECTIONS.get(name, {}))
-    base = TASK.load_base(str(tiny_model), LABELS, cfg.seed)
-    return cls(cfg, AdaptedModel(base, cls.adapter_spec(cfg), TASK.peft_task_type))
+    return build_strategy(name, tiny_model, tmp_path, **SECTIONS.get(name, {}))
 
 
 def _play(s: Strategy, rnd: int) -> tuple[dict, dict]:
     """One round with seeded updates of exactly the planned shapes; the plans and the metrics."""
     inst = s.configure(rnd, CLIENTS)
     for c in CLIENTS:
-        g = torch.Generator().manual_seed(100 * rnd + c.partition)
-        s.fold(rnd, c, {n: (torch.rand(shape, generator=g) * 0.1).to(dtype)
-                        for n, (shape, dtype) in inst[c.id].expected.items()}, float(c.num_examples))
+        s.fold(rnd, c, seeded_update(inst[c.id].expected, 100 * rnd + c.partition), float(c.num_examples))
     return inst, s.aggregate(rnd)
 
 
@@ -97,3 +87,4 @@ def test_the_state_beyond_the_adapter_is_journaled(tiny_model, tmp_path):
     _play(sa, 1)
     ranks = sa.state()[1]["layer_ranks"]
     assert sum(ranks.values()) < 4 * len(ranks)  # annealed: fewer than r_max everywhere
+    assert {n for n in sa.state()[0] if n.startswith("importance/")} == {"importance/" + p for p in ranks}

@@ -10,7 +10,7 @@ from tbevents import scalars
 
 
 def _bytes(n: int, iface: int | None) -> dict:
-    return {"tensor_bytes": n, "payload_bytes": n // 2, "grpc_bytes": n // 2 + 10, "seconds": 0.5,
+    return {"tensor_bytes": n, "payload_bytes": n // 2, "protobuf_bytes": n // 2 + 10, "seconds": 0.5,
             "iface_bytes": iface}
 
 
@@ -53,7 +53,7 @@ def test_each_round_writes_test_metrics_bytes_and_a_sub_run_per_client(tmp_path)
     assert main["bytes/up/tensor_bytes"] == [(1, 3000.0), (2, 3000.0)]
     assert main["bytes/up/payload_bytes"] == [(1, 1500.0), (2, 1500.0)]
     assert main["bytes/up/iface_bytes"] == [(1, 1200.0), (2, 1200.0)]
-    assert main["bytes/down/grpc_bytes"] == [(1, 2020.0), (2, 2020.0)]
+    assert main["bytes/down/protobuf_bytes"] == [(1, 2020.0), (2, 2020.0)]
     assert "bytes/down/iface_bytes" not in main
     assert {t for t in main if t.startswith("bytes/")} == (
         {f"bytes/{d}/{lvl}" for d in ("up", "down") for lvl in LEVELS} - {"bytes/down/iface_bytes"})

@@ -31,9 +31,9 @@ def test_run_log_records_feed_the_metrics(tmp_path):
     for cid, n in (("c0", 100), ("c1", 10)):
         runlog.write("upload", round=1, client=cid, bytes=n)
         runlog.write("client", round=1, client=cid, status="accepted",
-                     up={"tensor_bytes": 4 * n, "payload_bytes": n, "grpc_bytes": n + 7,
+                     up={"tensor_bytes": 4 * n, "payload_bytes": n, "protobuf_bytes": n + 7,
                          "iface_bytes": None},  # not measurable: not counted
-                     down={"tensor_bytes": 8 * n, "payload_bytes": 2 * n, "grpc_bytes": 2 * n + 9,
+                     down={"tensor_bytes": 8 * n, "payload_bytes": 2 * n, "protobuf_bytes": 2 * n + 9,
                            "iface_bytes": 3 * n})
     runlog.write("round", round=1, seconds=2.5, test_accuracy=0.5, test_loss=1.5,
                  test_perplexity=4.5, train_loss=1.0)
@@ -46,7 +46,7 @@ def test_run_log_records_feed_the_metrics(tmp_path):
     assert value(m, "fedlora_round_seconds_sum") == 2.5 and value(m, "fedlora_round_seconds_count") == 1
     assert value(m, "fedlora_uploads_total", status="accepted") == 2
     assert value(m, "fedlora_bytes_total", level="payload_bytes", direction="up", client="c0") == 100
-    assert value(m, "fedlora_bytes_total", level="grpc_bytes", direction="down", client="c1") == 29
+    assert value(m, "fedlora_bytes_total", level="protobuf_bytes", direction="down", client="c1") == 29
     assert value(m, "fedlora_bytes_total", level="iface_bytes", direction="down", client="c0") == 300
     assert value(m, "fedlora_bytes_total", level="iface_bytes", direction="up", client="c0") is None
     assert {lvl for lvl in LEVELS if value(m, "fedlora_bytes_total", level=lvl, direction="down",

@@ -5,7 +5,7 @@ import errno
 import json
 
 from fedlora.common import storage
-from fedlora.server.runlog import RunLog, read_records, summarize
+from fedlora.server.runlog import LEVELS, RunLog, read_records, summarize
 
 
 def test_a_refused_record_fails_the_run_once_and_frees_the_reserve(tmp_path, monkeypatch):
@@ -44,3 +44,28 @@ def test_start_up_is_the_last_coordinator_process_launch_to_its_first_round():
     assert summarize(recs[:2])["seconds_to_first_round"] == 12.5
     assert summarize(recs)["seconds_to_first_round"] == 9.25
     assert summarize([])["seconds_to_first_round"] is None
+
+
+def test_the_levels_are_named_for_what_they_count():
+    """The third level is the sum of serialized protobuf messages (no gRPC prefix, no HTTP/2 or
+    TLS framing): named so, not "gRPC bytes"."""
+    assert LEVELS == ("tensor_bytes", "payload_bytes", "protobuf_bytes", "iface_bytes")
+
+
+def test_a_run_folder_written_before_the_rename_reads_with_the_new_key(tmp_path):
+    """metrics.jsonl from before the rename carries ``grpc_bytes`` (and the client's
+    ``client_<dir>_grpc_bytes``): read back, they are ``protobuf_bytes``, summed as such."""
+    old = {"type": "client", "round": 1, "attempt": 0, "client": "c0", "status": "accepted",
+           "up": {"tensor_bytes": 400, "payload_bytes": 100, "grpc_bytes": 130, "seconds": 0.1,
+                  "iface_bytes": None},
+           "down": {"tensor_bytes": 800, "payload_bytes": 200, "grpc_bytes": 250, "seconds": 0.1,
+                    "iface_bytes": None},
+           "metrics": {"client_up_grpc_bytes": 130.0, "client_down_grpc_bytes": 250.0}}
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (rec,) = read_records(path)
+    assert (rec["up"]["protobuf_bytes"], rec["down"]["protobuf_bytes"]) == (130, 250)
+    assert "grpc_bytes" not in rec["up"] and "grpc_bytes" not in rec["down"]
+    assert rec["metrics"] == {"client_up_protobuf_bytes": 130.0, "client_down_protobuf_bytes": 250.0}
+    totals = summarize([rec])["bytes"]
+    assert (totals["up"]["protobuf_bytes"], totals["down"]["protobuf_bytes"]) == (130, 250)

@@ -203,7 +203,7 @@ def test_upload_bytes_add_up_over_calls_with_the_accepted_tensor_sizes():
     t.accepted("c", 1, len(DATA), tensor_bytes=4096, stage_bytes=[4096, 2560])
     up, down = t.stats()
     assert down == {}
-    assert (up["c"].payload_bytes, up["c"].grpc_bytes, up["c"].seconds) == (2560, 2700, 0.75)
+    assert (up["c"].payload_bytes, up["c"].protobuf_bytes, up["c"].seconds) == (2560, 2700, 0.75)
     assert (up["c"].tensor_bytes, up["c"].stage_bytes) == (4096, [4096, 2560])
 
 
@@ -214,7 +214,7 @@ def test_download_bytes_carry_the_blobs_tensor_and_stage_sizes():
     t.sent("c", 1, blob, 1000, 1100, 0.1)
     t.sent("c", 1, blob, len(DATA) - 1000, 1700, 0.2)
     d = t.stats()[1]["c"]
-    assert (d.payload_bytes, d.grpc_bytes, d.tensor_bytes, d.stage_bytes) == (
+    assert (d.payload_bytes, d.protobuf_bytes, d.tensor_bytes, d.stage_bytes) == (
         len(DATA), 2800, 8192, [8192, len(DATA)])
 
 
