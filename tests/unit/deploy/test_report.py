@@ -11,9 +11,11 @@ from rich.console import Console
 
 from fedlora.common.wire.stats import TransferStats
 from fedlora.deploy.report import report
+from fedlora.proto.v1 import fedlora_pb2 as pb
 from fedlora.server.records import write_clients
 from fedlora.server.rounds import Round
 from fedlora.server.runlog import RunLog, read_records, summarize
+from fedlora.server.strategy import Instruction
 
 PAYLOAD = 500_000
 
@@ -55,7 +57,8 @@ def test_an_old_run_folder_reports_protobuf_bytes_and_no_shared_interface_figure
 
 def test_the_coordinator_records_the_verdict_and_no_figure_for_a_shared_interface(tmp_path):
     runlog = RunLog(tmp_path / "run")
-    r = Round(1, 0, {"c0": None, "c1": None}, {}, 0.0, 0.0, accepted={"c0": 1.0, "c1": 1.0})
+    plans = {c: Instruction(pb.Plan(), {}) for c in ("c0", "c1")}
+    r = Round(1, 0, plans, {}, 0.0, 0.0, accepted={"c0": 1.0, "c1": 1.0})
     own = {"client_up_protobuf_bytes": PAYLOAD + 300.0, "client_down_protobuf_bytes": PAYLOAD + 300.0}
     r.reports = {"c0": {**own, "iface_up_tx_bytes": 1.02 * PAYLOAD, "iface_down_rx_bytes": 1.01 * PAYLOAD},
                  "c1": {**own, "iface_up_tx_bytes": 3.2 * PAYLOAD, "iface_down_rx_bytes": 1.01 * PAYLOAD}}
