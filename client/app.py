@@ -209,6 +209,7 @@ class Client:
         am = self._model_for(plan.adapter)
         t_round = time.perf_counter()
         global_tensors, down = self._global_state(rnd, plan.global_state)
+        quiet_from, quiet_t0 = self.meter.read(), time.perf_counter()  # training: no transfer
         keep = set(select(am.names(), plan.keep_local)) if plan.keep_local else set()
         self._personal = bool(keep)
         global_tensors = self.hooks.on_global_state(plan, am, global_tensors)
@@ -252,6 +253,8 @@ class Client:
                                  plan.upload_codec)
         write_atomic(self.state_dir / "last-upload.safetensors", blob.data)  # what was sent, as sent
         before = self.meter.read()
+        quiet = self.meter.quiet_metrics(self.meter.delta(quiet_from, before),
+                                         time.perf_counter() - quiet_t0)
         with self.bars.stage(f"round {rnd} upload", blob.size) as on_bytes:
             up = self.conn.upload(rnd, blob, self.spec.chunk_bytes or DEFAULT_CHUNK_BYTES, on_bytes)
         iface_up = self.meter.delta(before, self.meter.read())
@@ -262,6 +265,7 @@ class Client:
                        client_down_seconds=down.seconds, client_up_seconds=up.seconds,
                        client_up_payload_bytes=float(up.payload_bytes),
                        round_seconds=time.perf_counter() - t_round)
+        metrics.update(quiet)
         for d, stats, counters in (("down", down, down.iface), ("up", up, iface_up)):
             metrics.update(self.meter.report_metrics(d, counters, stats.protobuf_bytes))
             self._tell_shared(d, metrics)

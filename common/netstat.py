@@ -8,20 +8,27 @@ Ethernet/IP/TCP headers, TLS, HTTP/2 and gRPC framing, retransmissions and ACKs:
 view.
 
 They are the transfer's bytes only where the interface carries this process's traffic alone
-(its own network namespace or container). Nothing in the kernel says so, so each transfer is
-judged (:func:`judge`): the counted bytes against the transfer's own protobuf bytes. Framing
-costs at most :data:`FRAMING_RATIO` times those plus :data:`FRAMING_SLACK_BYTES`; beyond that
-the interface carried other traffic, and the level is reported as ``shared``, with the ratio,
-instead of a number that includes it. Fewer bytes than the transfer's own mean the counters are
-not on its path. Loopback (shared by every process of a local cluster) and an interface the
-operator declares shared are ``shared`` without a measurement; no interface or no counters are
-``unavailable``. The client reports its counters, its protobuf bytes and these static causes as
-report metrics (:meth:`InterfaceMeter.report_metrics`); the coordinator judges them
-(:func:`assess`), so every record's verdict comes from one rule.
+(its own network namespace or container). Nothing in the kernel says so, so the coordinator
+judges each transfer (:func:`assess`) from what the client reports of its round:
+- the quiet window: the interface's bytes while the client trained, between its download and
+  its upload, when it sent and received nothing but heartbeats and keepalives. An interface
+  that moved more than :data:`QUIET_SLACK_BYTES` plus :data:`QUIET_BYTES_PER_SECOND` a second
+  then carries other traffic: the round's transfers are ``shared``, with what it moved;
+- the transfer itself: counted bytes at least its own protobuf bytes (fewer: the counters are
+  not on its path, ``unavailable``). There is no upper bound: retransmissions are the wire's
+  bytes too, and on a policed link they reached 2.15x the transfer's bytes in the compose
+  cluster (an exclusive interface). Reports from before the quiet window (no such figures) are
+  judged by the old ratio rule (:func:`judge`: beyond :data:`FRAMING_RATIO` times plus
+  :data:`FRAMING_SLACK_BYTES`, shared).
+Loopback (shared by every process of a local cluster) and an interface the operator declares
+shared are ``shared`` without a measurement; no interface or no counters are ``unavailable``.
+The client reports its counters, its protobuf bytes, the quiet window and these static causes
+as report metrics (:meth:`InterfaceMeter.report_metrics`); the coordinator judges them, so every
+record's verdict comes from one rule.
 
-Limits: other traffic under the allowance passes as the client's own (its share of the figure
-is then at most the allowance); and a transfer broken mid-stream may count messages that never
-reached the wire, so its counters can fall short and read as not on the path.
+Limits: other traffic that happens only while the client transfers, or under the quiet
+allowance, passes as the client's own; a transfer broken mid-stream may count messages that
+never reached the wire, so its counters can fall short and read as not on the path.
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ VERDICTS = (SHARED, UNAVAILABLE, EXCLUSIVE)
 # reconnect). Measured on exclusive interfaces: 1.001-1.025x (docs/benchmarks.md).
 FRAMING_RATIO = 1.10
 FRAMING_SLACK_BYTES = 16 << 10
+
+# What a client's own interface may move while it trains: a heartbeat (a unary call, under
+# 1 KiB on the wire with TLS) every heartbeat_s and HTTP/2 keepalive pings every 30 s, far
+# under these; ARP and the like on a quiet LAN too.
+QUIET_SLACK_BYTES = 32 << 10
+QUIET_BYTES_PER_SECOND = 1 << 10
+QUIET_SECONDS_KEY = "iface_quiet_seconds"
 
 # Report metrics (ReportRequest.metrics, numbers only): the interface's counters around each
 # transfer, the client's own protobuf bytes of it, and why it measured nothing.
@@ -147,6 +161,31 @@ def judge(counted: int, own: int) -> Verdict:
     return Verdict(EXCLUSIVE, f"{ratio}, within {ALLOWANCE}")
 
 
+def quiet_key(counter: str) -> str:
+    """``iface_quiet_<rx|tx>_bytes``: a counter's delta while the client trained."""
+    return f"iface_quiet_{counter}_bytes"
+
+
+UNKNOWN_QUIET = Verdict(UNAVAILABLE, "no quiet window reported")  # an older client's report
+
+
+def quiet_traffic(report: Mapping[str, float]) -> Verdict | None:
+    """Whether the interface moved other traffic while the client trained: ``shared`` with
+    what it moved; None if it stayed quiet; :data:`UNKNOWN_QUIET` where the report has no
+    window (an older client's), for :func:`assess` to fall back on the ratio rule."""
+    moved = [_count(report.get(quiet_key(c))) for c in COUNTERS]
+    seconds = report.get(QUIET_SECONDS_KEY)
+    if any(m is None for m in moved) or seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return UNKNOWN_QUIET
+    total = sum(moved)  # type: ignore[arg-type]
+    allowed = QUIET_SLACK_BYTES + QUIET_BYTES_PER_SECOND * seconds
+    if total > allowed:
+        return Verdict(SHARED, f"its interface moved {total} bytes in the {seconds:.1f}s the client "
+                               f"trained (only heartbeats of its own; at most {int(allowed)} allowed): "
+                               "other traffic")
+    return None
+
+
 def assess(direction: str, report: Mapping[str, float]) -> tuple[int | None, Verdict]:
     """A transfer's interface level from the client's report metrics: the counter that carries
     ``direction`` (None where none was reported) and its verdict."""
@@ -159,7 +198,15 @@ def assess(direction: str, report: Mapping[str, float]) -> tuple[int | None, Ver
         return None, Verdict(UNAVAILABLE, "nothing crossed")
     if counted is None or own is None:
         return counted, Verdict(UNAVAILABLE, "the client reported no interface counters")
-    return counted, judge(counted, own)
+    quiet = quiet_traffic(report)
+    if quiet is UNKNOWN_QUIET:  # an older client's report: the ratio rule
+        return counted, judge(counted, own)
+    if quiet is not None:
+        return counted, quiet
+    if own <= 0 or counted < own:
+        return counted, judge(counted, own)  # not the transfer's path (unavailable)
+    return counted, Verdict(EXCLUSIVE, f"its interface carried {counted / own:.2f}x the transfer's "
+                                       "protobuf bytes and stayed quiet while the client trained")
 
 
 def _count(v: float | None) -> int | None:
@@ -201,6 +248,14 @@ class InterfaceMeter:
         if before is None or after is None:
             return None
         return Counters(after.rx - before.rx, after.tx - before.tx)
+
+    def quiet_metrics(self, counters: Counters | None, seconds: float) -> dict[str, float]:
+        """What the report says of the quiet window (the interface's deltas while the client
+        trained, and how long it trained); nothing where nothing was measured."""
+        if self.unmeasured is not None or counters is None:
+            return {}
+        return {QUIET_SECONDS_KEY: float(seconds),
+                **{quiet_key(c): float(getattr(counters, c)) for c in COUNTERS}}
 
     def report_metrics(self, direction: str, counters: Counters | None,
                        own_bytes: int) -> dict[str, float]:

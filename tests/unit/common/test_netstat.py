@@ -71,3 +71,38 @@ def test_a_measuring_client_reports_both_counters_and_its_own_bytes_which_the_co
     report = meter.report_metrics("up", Counters(rx=20_000, tx=3_200_000), 1_000_000)
     assert report == {"client_up_protobuf_bytes": 1e6, "iface_up_rx_bytes": 2e4, "iface_up_tx_bytes": 3.2e6}
     assert assess("up", report)[1].kind == SHARED
+
+
+def _round_report(up_tx: float, quiet_rx: float, quiet_tx: float, seconds: float) -> dict[str, float]:
+    """A client's report of a round with its quiet window (the interface while it trained)."""
+    return {"iface_up_tx_bytes": up_tx, "iface_up_rx_bytes": 0.02 * up_tx,
+            "client_up_protobuf_bytes": float(MB), "iface_quiet_seconds": seconds,
+            "iface_quiet_rx_bytes": quiet_rx, "iface_quiet_tx_bytes": quiet_tx}
+
+
+def test_retransmissions_on_an_interface_quiet_while_training_are_the_transfers_own():
+    """A policed link: the compose cluster's slowest client counted 2.15x its download's bytes
+    (dropped packets sent again) on a container interface of its own. Its interface moved only
+    heartbeats while it trained, so the transfer is its own, retransmissions included."""
+    counted, v = assess("up", _round_report(2.15 * MB, 900.0, 1100.0, 30.0))
+    assert (counted, v.kind) == (2_150_000, EXCLUSIVE)
+    assert "2.15x" in v.reason and "stayed quiet while the client trained" in v.reason
+
+
+def test_an_interface_busy_while_the_client_trained_is_shared_with_what_it_moved():
+    counted, v = assess("up", _round_report(1.01 * MB, 400_000.0, 112_000.0, 10.0))
+    assert (counted, v.kind) == (1_010_000, SHARED)
+    assert v.reason.startswith("its interface moved 512000 bytes in the 10.0s the client trained")
+
+
+def test_a_report_without_a_quiet_window_is_judged_by_the_ratio_rule():
+    """Reports of clients from before the quiet window (run folders kept on disk)."""
+    report = _round_report(3.2 * MB, 0.0, 0.0, 1.0)
+    for k in ("iface_quiet_seconds", "iface_quiet_rx_bytes", "iface_quiet_tx_bytes"):
+        del report[k]
+    assert assess("up", report)[1].kind == SHARED
+
+
+def test_the_meter_reports_its_quiet_window_only_where_it_measures():
+    meter = InterfaceMeter("127.0.0.1:1")  # loopback: nothing measured
+    assert meter.quiet_metrics(Counters(5, 7), 3.0) == {}
