@@ -1,14 +1,21 @@
 """Runs several federated configurations on the default task and compares them.
 
-    .venv/bin/python bench/compare.py [--suite methods|heterogeneous] [--rounds 5] [--only NAME,...]
+    .venv/bin/python bench/compare.py [--suite methods|heterogeneous] [--seeds 0,1,2] [--rounds 5]
+                                      [--only NAME,...] [--target ACC]
 
 Each configuration is the README demo (deploy/demo.yaml: all-MiniLM-L6-v2, TREC, 4 clients,
 Dirichlet 0.5, r=8, 30 local steps) run as a real local cluster with `fedlora run`, changed
-only by the flags listed for it. Prints final accuracy, MB up and down (payload, summed over
-clients and rounds), wall time and the clients' final epsilon, writes results.json and a plot
-of test accuracy against cumulative MB (up + down) to the output folder; with --target, the
-wall time and MB to first reach that accuracy, and a plot against wall time (from the initial
-evaluation, after every client joined, to the end of each round).
+only by the flags listed for it, once per seed (``--seed``: the data split, client sampling and
+initialisation; one seed's point is noise). Prints, per configuration, the mean, standard
+deviation and range over the seeds of the final accuracy, MB up and down (payload, summed over
+clients and rounds) and wall time, and the clients' largest epsilon, then the same per seed;
+writes results.json (a row per configuration and seed) and a plot of test accuracy against
+cumulative MB (up + down), the mean over seeds with the seeds' range shaded. With --target, the
+wall time and MB to first reach that accuracy per seed, and a plot against wall time (from the
+initial evaluation, after every client joined, to the end of each round).
+
+A (configuration, seed) already in the output folder's results.json is kept, not run again, so
+a suite can be completed over several invocations; delete the row (or the file) to re-run it.
 
 The heterogeneous suite runs on the netns cluster of deploy/clusters/four-links.yaml (links
 100/20/5/1 Mbit/s, unequal CPU): it needs root and iproute2.
@@ -16,13 +23,16 @@ The heterogeneous suite runs on the netns cluster of deploy/clusters/four-links.
 For a configuration whose plans carry predicted times (LEGEND), results.json also holds the
 planner's predictions beside the measured seconds per client and round (``planner_rows``:
 round, train, upload, download and overhead seconds, and the plan's depth) and its error per
-round and per depth (``planner_error``), printed after the tables (fedlora.deploy.report).
+round and per depth (``planner_error``), printed after the tables (fedlora.deploy.report),
+per seed and pooled over the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +41,8 @@ from fedlora.deploy.report import planner_error, planner_lines, planner_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FFA = ["--strategy", "ffa-lora", "--lr", "0.01"]
-NETNS = ["--cluster", "netns", "--spec", str(ROOT / "deploy" / "clusters" / "four-links.yaml")]  # FFA-LoRA tolerates larger learning rates (paper)
+FFA = ["--strategy", "ffa-lora", "--lr", "0.01"]  # FFA-LoRA tolerates larger learning rates (paper)
+NETNS = ["--cluster", "netns", "--spec", str(ROOT / "deploy" / "clusters" / "four-links.yaml")]
 SUITES: dict[str, dict[str, list[str]]] = {
     # Issue 4: FedAvg-LoRA, FFA-LoRA, CE-LoRA at Dirichlet 0.5 and 0.1; FedAvg-LoRA vs FFA-LoRA
     # under DP-SGD at epsilon 3 and 1 (delta 1e-5, clip 1.0) at Dirichlet 0.5.
@@ -68,14 +78,17 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
 
 
-def run(name: str, flags: list[str], rounds: int, out: Path) -> dict:
-    run_dir = out / slug(name)
+def run(name: str, flags: list[str], rounds: int, seed: int, out: Path) -> dict:
+    run_dir = out / slug(name) / f"seed-{seed}"
+    if run_dir.exists():  # an interrupted run: `fedlora run` would resume it, mixing two runs' times
+        print(f"removing the unfinished {run_dir}", flush=True)
+        shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "fedlora.deploy.cli", "run", "--config", str(ROOT / "deploy" / "demo.yaml"),
-           "--rounds", str(rounds), "--run-dir", str(run_dir), "--no-live", *flags]
+           "--rounds", str(rounds), "--seed", str(seed), "--run-dir", str(run_dir), "--no-live", *flags]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{p.stdout}\n{p.stderr}")
-    return collect(name, flags, run_dir)
+        raise SystemExit(f"{name} (seed {seed}) failed:\n{p.stdout}\n{p.stderr}")
+    return {**collect(name, flags, run_dir), "seed": seed}
 
 
 def collect(name: str, flags: list[str], run_dir: Path) -> dict:
@@ -108,22 +121,56 @@ def reach(curve: list, target: float) -> tuple[float | None, float | None]:
     return None, None
 
 
-def plot(rows: list[dict], path: Path, title: str, axis: int = 0) -> None:
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation (0 for one value), min and max of one figure over seeds."""
+    return {"n": len(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
+
+
+def fmt(s: dict, digits: int) -> str:
+    """``mean ± std [min-max]``, the spread a single seed cannot show."""
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f} (1 seed)"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+
+def summarise(rows: list[dict], target: float | None) -> dict:
+    """One configuration's figures over its seeds (rows: its results.json rows)."""
+    out = {"config": rows[0]["config"], "seeds": [r["seed"] for r in rows],
+           **{k: spread([r[k] for r in rows]) for k in ("final_accuracy", "mb_up", "mb_down", "wall_seconds")}}
+    eps = [r["max_epsilon"] for r in rows if r["max_epsilon"] is not None]
+    out["max_epsilon"] = max(eps) if eps else None
+    if target is not None:
+        reached = [reach(r["curve"], target) for r in rows]
+        hit = [x for x in reached if x[0] is not None]
+        out["reached"] = f"{len(hit)}/{len(rows)}"
+        out["seconds_to_target"] = spread([t for t, _ in hit]) if hit else None
+        out["mb_to_target"] = spread([mb for _, mb in hit]) if hit else None
+    return out
+
+
+def plot(groups: dict[str, list[dict]], path: Path, title: str, axis: int = 0) -> None:
+    """Accuracy per round against ``axis`` (0: cumulative MB, 2: seconds), averaged over a
+    configuration's seeds, the seeds' accuracy range shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        xs, ys = [c[axis] for c in r["curve"]], [c[1] for c in r["curve"]]
-        ax.plot(xs, ys, marker="o", markersize=3, linestyle="--" if "eps" in r["config"] else "-",
-                label=r["config"])
-    if axis == 0 and max(c[0] for r in rows for c in r["curve"]) > 200:
+    for name, rows in groups.items():
+        n = min(len(r["curve"]) for r in rows)
+        xs = [statistics.fmean(r["curve"][i][axis] for r in rows) for i in range(n)]
+        accs = [[r["curve"][i][1] for r in rows] for i in range(n)]
+        line, = ax.plot(xs, [statistics.fmean(a) for a in accs], marker="o", markersize=3,
+                        linestyle="--" if "eps" in name else "-", label=f"{name} ({len(rows)} seeds)")
+        if len(rows) > 1:
+            ax.fill_between(xs, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.15)
+    if axis == 0 and max(c[0] for rows in groups.values() for r in rows for c in r["curve"]) > 200:
         ax.set_xscale("symlog", linthresh=1.0)  # full FedAvg next to LoRA: orders of magnitude apart
-    ax.set_xlabel("cumulative MB on the wire (payload, up + down, all clients)" if axis == 0 else
-                  "wall seconds since every client joined")
-    ax.set_ylabel("global test accuracy")
+    ax.set_xlabel("cumulative MB on the wire (payload, up + down, all clients; mean over seeds)" if axis == 0 else
+                  "wall seconds since every client joined (mean over seeds)")
+    ax.set_ylabel("global test accuracy (mean; shaded: range over seeds)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -134,59 +181,93 @@ def plot(rows: list[dict], path: Path, title: str, axis: int = 0) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", choices=sorted(SUITES), default="methods")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--only", help="comma-separated configuration names")
     ap.add_argument("--out", default=None)
     ap.add_argument("--target", type=float, default=None, help="accuracy for time/MB-to-accuracy")
     args = ap.parse_args()
     suite = SUITES[args.suite]
+    seeds = [int(x) for x in args.seeds.split(",")]
     out = Path(args.out or f"runs/bench-{args.suite}")
     out.mkdir(parents=True, exist_ok=True)
     names = args.only.split(",") if args.only else list(suite)
+    unknown = [n for n in names if n not in suite]
+    if unknown:
+        raise SystemExit(f"--only: no configuration {unknown} in suite '{args.suite}' (has {list(suite)})")
     results_path = out / "results.json"
-    rows = {r["config"]: r for r in json.loads(results_path.read_text())} if results_path.is_file() else {}
+    rows = {(r["config"], r.get("seed", 0)): r
+            for r in json.loads(results_path.read_text())} if results_path.is_file() else {}
     for name in names:
-        rows[name] = run(name, suite[name], args.rounds, out)
-        print(f"done {name}: accuracy {rows[name]['final_accuracy']:.4f}", flush=True)
-        results_path.write_text(json.dumps(list(rows.values()), indent=1))
-    ordered = [rows[n] for n in suite if n in rows]
-    print("| config | global acc | personal acc | MB up | MB down | seconds | max epsilon |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in ordered:
-        eps = "-" if r["max_epsilon"] is None else f"{r['max_epsilon']:.3f}"
-        pers = "-" if r.get("personal_accuracy") is None else f"{r['personal_accuracy']:.4f}"
-        print(f"| {r['config']} | {r['final_accuracy']:.4f} | {pers} | {r['mb_up']:.3f} | {r['mb_down']:.3f} | "
-              f"{r['wall_seconds']:.1f} | {eps} |")
-    plot(ordered, out / "accuracy_vs_mb.png", f"suite '{args.suite}': accuracy against bytes")
+        for seed in seeds:
+            if (name, seed) in rows:
+                print(f"kept {name} seed {seed}: accuracy {rows[(name, seed)]['final_accuracy']:.4f}", flush=True)
+                continue
+            rows[(name, seed)] = run(name, suite[name], args.rounds, seed, out)
+            print(f"done {name} seed {seed}: accuracy {rows[(name, seed)]['final_accuracy']:.4f} "
+                  f"({rows[(name, seed)]['wall_seconds']:.0f} s)", flush=True)
+            results_path.write_text(json.dumps(list(rows.values()), indent=1))
+    groups = {n: sorted((r for (c, _), r in rows.items() if c == n), key=lambda r: r["seed"])
+              for n in suite if any(c == n for c, _ in rows)}
+    summaries = [summarise(g, args.target) for g in groups.values()]
+    (out / "summary.json").write_text(json.dumps(summaries, indent=1))
+    print("\nover seeds: mean ± std [min-max]")
+    print("| config | seeds | global acc | MB up | MB down | seconds | max epsilon |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for s in summaries:
+        eps = "-" if s["max_epsilon"] is None else f"{s['max_epsilon']:.3f}"
+        print(f"| {s['config']} | {','.join(map(str, s['seeds']))} | {fmt(s['final_accuracy'], 4)} | "
+              f"{fmt(s['mb_up'], 3)} | {fmt(s['mb_down'], 3)} | {fmt(s['wall_seconds'], 1)} | {eps} |")
+    print("\nper seed")
+    print("| config | seed | global acc | personal acc | MB up | MB down | seconds | max epsilon |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for g in groups.values():
+        for r in g:
+            eps = "-" if r["max_epsilon"] is None else f"{r['max_epsilon']:.3f}"
+            pers = "-" if r.get("personal_accuracy") is None else f"{r['personal_accuracy']:.4f}"
+            print(f"| {r['config']} | {r['seed']} | {r['final_accuracy']:.4f} | {pers} | {r['mb_up']:.3f} | "
+                  f"{r['mb_down']:.3f} | {r['wall_seconds']:.1f} | {eps} |")
+    plot(groups, out / "accuracy_vs_mb.png", f"suite '{args.suite}': accuracy against bytes")
     print(f"plot: {out / 'accuracy_vs_mb.png'}")
     if args.target is not None:
-        print(f"\n| config | seconds to {args.target:g} | MB to {args.target:g} |")
-        print("|---|---:|---:|")
-        for r in ordered:
-            t, mb = reach(r["curve"], args.target)
-            print(f"| {r['config']} | {'-' if t is None else f'{t:.1f}'} | {'-' if mb is None else f'{mb:.3f}'} |")
-        plot(ordered, out / "accuracy_vs_time.png", f"suite '{args.suite}': accuracy against time", axis=2)
+        print(f"\nto accuracy {args.target:g}, over the seeds that reached it: mean ± std [min-max]")
+        print("| config | reached | seconds | MB | per seed: seconds / MB |")
+        print("|---|---:|---:|---:|---|")
+        for s, g in zip(summaries, groups.values()):
+            per = "; ".join(f"{r['seed']}: " + ("-" if t is None else f"{t:.1f} / {mb:.3f}")
+                            for r in g for t, mb in [reach(r["curve"], args.target)])
+            t, mb = s["seconds_to_target"], s["mb_to_target"]
+            print(f"| {s['config']} | {s['reached']} | {'-' if t is None else fmt(t, 1)} | "
+                  f"{'-' if mb is None else fmt(mb, 3)} | {per} |")
+        plot(groups, out / "accuracy_vs_time.png", f"suite '{args.suite}': accuracy against time", axis=2)
         print(f"plot: {out / 'accuracy_vs_time.png'}")
-    for r in ordered:
-        if r.get("planner_rows"):
-            print_planner(r)
+    for name, g in groups.items():
+        if any(r.get("planner_rows") for r in g):
+            print_planner(name, g)
 
 
-def print_planner(r: dict) -> None:
-    """A configuration's predicted against measured seconds per client and round, then the
-    error per round and per depth."""
-    print(f"\nplanner of '{r['config']}': predicted / measured seconds (round; train)")
-    print("| round | client | depth | predicted s | measured s | error | predicted train s | measured train s |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for x in r["planner_rows"]:
-        p, m = x["predicted"], x["measured"]
-        pt, mt = p.get("train_seconds"), m.get("train_seconds")
-        print(f"| {x['round']} | {x['client']} | {x['depth'] if x['depth'] is not None else '-'} | "
-              f"{p['round_seconds']:.2f} | {m['round_seconds']:.2f} | "
-              f"{(p['round_seconds'] - m['round_seconds']) / m['round_seconds']:+.0%} | "
-              f"{'-' if pt is None else f'{pt:.2f}'} | {'-' if mt is None else f'{mt:.2f}'} |")
+def print_planner(name: str, rows: list[dict]) -> None:
+    """A configuration's predicted against measured seconds per seed, client and round, then
+    the error per round and per depth, per seed and pooled over its seeds."""
+    print(f"\nplanner of '{name}': predicted / measured seconds (round; train)")
+    print("| seed | round | client | depth | predicted s | measured s | error | predicted train s | measured train s |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        for x in r.get("planner_rows") or []:
+            p, m = x["predicted"], x["measured"]
+            pt, mt = p.get("train_seconds"), m.get("train_seconds")
+            print(f"| {r['seed']} | {x['round']} | {x['client']} | {x['depth'] if x['depth'] is not None else '-'} | "
+                  f"{p['round_seconds']:.2f} | {m['round_seconds']:.2f} | "
+                  f"{(p['round_seconds'] - m['round_seconds']) / m['round_seconds']:+.0%} | "
+                  f"{'-' if pt is None else f'{pt:.2f}'} | {'-' if mt is None else f'{mt:.2f}'} |")
     print("\nplanner error ((predicted - measured) / measured; bias < 0: under-predicted)")
-    print("\n".join(planner_lines(r["planner_error"])))
+    for r in rows:
+        if r.get("planner_rows"):
+            print(f"\nseed {r['seed']}")
+            print("\n".join(planner_lines(r["planner_error"])))
+    pooled = [x for r in rows for x in r.get("planner_rows") or []]
+    print(f"\npooled over seeds {','.join(str(r['seed']) for r in rows if r.get('planner_rows'))}")
+    print("\n".join(planner_lines(planner_error(pooled))))
 
 
 if __name__ == "__main__":
