@@ -114,12 +114,38 @@ def test_the_benchmark_keeps_and_prints_the_planners_predictions(tmp_path, capsy
     assert row["planner_rows"] == planner_rows(RECORDS)
     assert row["planner_error"] == planner_error(planner_rows(RECORDS))
     json.dumps(row)  # results.json
-    compare.print_planner(row)
+    compare.print_planner("legend", [{**row, "seed": 0}, {**row, "seed": 1}])
     out = capsys.readouterr().out
-    assert "| 1 | a | 2 | 8.00 | 10.00 | -20% | 6.00 | 8.00 |" in out
-    assert "| depth 2 | 2 | -15% | 15% | 20% |" in out
+    assert "| 0 | 1 | a | 2 | 8.00 | 10.00 | -20% | 6.00 | 8.00 |" in out
+    assert "| 1 | 1 | a | 2 | 8.00 | 10.00 | -20% | 6.00 | 8.00 |" in out
+    seed_0, pooled = out.split("\nseed 0\n")[1], out.split("\npooled over seeds 0,1\n")[1]
+    assert "| depth 2 | 2 | -15% | 15% | 20% |" in seed_0
+    assert "| depth 2 | 4 | -15% | 15% | 20% |" in pooled  # both seeds' rows
 
     plain = [r for r in records if r["type"] == "round"] + [
         {"type": "client", "round": 1, "attempt": 0, "client": "a", "status": "accepted", "metrics": {}}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in plain))
     assert "planner_rows" not in compare.collect("fedavg-lora", [], tmp_path)
+
+
+def test_the_benchmark_summarises_each_configuration_over_its_seeds():
+    """One seed's point is noise: a configuration's row gives mean, sample std and range over
+    its seeds, and how many seeds reached the target (time and MB over those that did)."""
+    compare = _bench_compare()
+
+    def row(seed: int, acc: float, seconds: float, curve: list) -> dict:
+        return {"config": "c", "seed": seed, "final_accuracy": acc, "mb_up": 1.0, "mb_down": 2.0,
+                "wall_seconds": seconds, "max_epsilon": None, "curve": curve}
+
+    rows = [row(0, 0.80, 100.0, [(0.0, 0.2, 0.0), (3.0, 0.85, 50.0)]),
+            row(1, 0.86, 120.0, [(0.0, 0.2, 0.0), (3.0, 0.70, 40.0), (6.0, 0.9, 90.0)]),
+            row(2, 0.92, 140.0, [(0.0, 0.2, 0.0), (3.0, 0.75, 45.0)])]
+    s = compare.summarise(rows, target=0.8)
+    assert s["seeds"] == [0, 1, 2]
+    assert s["final_accuracy"]["mean"] == pytest.approx(0.86)
+    assert s["final_accuracy"]["std"] == pytest.approx(0.06)  # sample std: n - 1
+    assert (s["final_accuracy"]["min"], s["final_accuracy"]["max"]) == (0.80, 0.92)
+    assert s["reached"] == "2/3"
+    assert s["seconds_to_target"]["mean"] == pytest.approx(70.0) and s["mb_to_target"]["max"] == 6.0
+    assert compare.fmt(s["wall_seconds"], 1) == "120.0 ± 20.0 [100.0-140.0]"
+    assert compare.fmt(compare.spread([5.0]), 1) == "5.0 (1 seed)"
