@@ -276,6 +276,19 @@ class CoordinatorService(pbg.CoordinatorServicer):
         rnd = first.round
         part = await self.work.call(self._admit, first)
         received = protobuf_bytes = 0
+        mark = t0
+
+        async def record() -> None:
+            """The call's bytes not yet counted go to the round's stats: before the hand-over too,
+            since the round may settle and write its records while this stream stays open (it
+            broke after its last byte and never closed)."""
+            nonlocal received, protobuf_bytes, mark
+            now = time.perf_counter()
+            await self.work.call(self.transfers.received, cid, rnd, received, protobuf_bytes,
+                                 now - mark)
+            received = protobuf_bytes = 0
+            mark = now
+
         try:
             msg = first
             while msg is not None:
@@ -285,6 +298,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
                 if msg.data or msg.offset:
                     # now, not at the close: the stream may break after its last byte
                     if await self.work.call(self._add, part, msg):
+                        await record()
                         await self._hand_over(cid, rnd)
                 msg = await self._read(messages, context, "upload", cid)
             status = await self.work.call(self.transfers.status, cid, rnd)
@@ -294,8 +308,7 @@ class CoordinatorService(pbg.CoordinatorServicer):
             protobuf_bytes += reply.ByteSize()
             return reply
         finally:
-            await self.work.call(self.transfers.received, cid, rnd, received, protobuf_bytes,
-                                 time.perf_counter() - t0)
+            await record()
 
     def _admit(self, first: pb.UploadChunk):
         """The upload's declaration checked by the engine before any byte of it is kept; its

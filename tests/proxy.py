@@ -14,7 +14,9 @@ transfer. Two rules:
   messages), forward that frame without END_STREAM, wait until ``taken()`` says the
   coordinator has the bytes (a record of the accepted upload; not a sleep: how long it takes to
   read them depends on the machine's load), and cut: every byte arrived, the stream never
-  closed.
+  closed. With ``released``, only the client's side is cut: the coordinator's side of that
+  connection stays open, its stream unfinished, until ``released()`` says so (the coordinator
+  has not seen the break while the client goes on over a new connection).
 
 A cut closes every open connection of the proxy; later connections are forwarded untouched.
 
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, END_STREAM, PADDED = 0x0, 0x1, 0x8
-TAKEN_TIMEOUT_S = 120.0  # before_close cuts anyway after this: the test's assertions then say why
+TAKEN_TIMEOUT_S = 120.0  # before_close cuts (and releases) anyway after this: the test's assertions then say why
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Rule:
     after: int = 2      # whole messages the stream carried before the cut
     at_close: bool = False
     taken: Callable[[], bool] | None = None
+    released: Callable[[], bool] | None = None
 
 
 class Messages:
@@ -88,6 +91,7 @@ class CutProxy:
         self.cuts: list[dict] = []
         self._lock = threading.Lock()
         self._conns: list[tuple[socket.socket, socket.socket]] = []
+        self._kept: set[socket.socket] = set()  # coordinator sides a cut leaves open
         self._streams: dict[tuple[int, str, int], Messages] = {}
         self._closed = False
         self.held = threading.Event()
@@ -101,8 +105,9 @@ class CutProxy:
     def mid_stream(self, direction: str, after: int = 2) -> None:
         self.rule = Rule(direction, after)
 
-    def before_close(self, taken: Callable[[], bool]) -> None:
-        self.rule = Rule("up", 2, at_close=True, taken=taken)
+    def before_close(self, taken: Callable[[], bool],
+                     released: Callable[[], bool] | None = None) -> None:
+        self.rule = Rule("up", 2, at_close=True, taken=taken, released=released)
 
     def hold_upload(self, nth: int) -> None:
         self._hold_at = nth
@@ -159,7 +164,8 @@ class CutProxy:
             pass
         finally:
             for s in (src, dst):
-                _shut(s)
+                if s not in self._kept:
+                    _shut(s)
 
     def _transfer_frame(self, conn: int, direction: str, stream: int, header: bytes, flags: int,
                         payload: bytes, dst: socket.socket) -> bool:
@@ -187,9 +193,11 @@ class CutProxy:
         if rule.at_close and flags & END_STREAM and msgs.count >= rule.after:
             self.rule = None
             dst.sendall(header[:4] + bytes([flags & ~END_STREAM]) + header[5:] + payload)
-            end = time.time() + TAKEN_TIMEOUT_S
-            while not rule.taken() and time.time() < end:
-                time.sleep(0.05)
+            _wait(rule.taken)
+            if rule.released is not None:
+                self._kept.add(dst)
+                threading.Thread(target=self._release, args=(dst, rule.released),
+                                 daemon=True).start()
             self._record("before_close", direction, msgs.count)
             return True
         return False
@@ -203,7 +211,19 @@ class CutProxy:
             conns, self._conns = self._conns, []
         for pair in conns:
             for s in pair:
-                _shut(s)
+                if s not in self._kept:
+                    _shut(s)
+
+    def _release(self, kept: socket.socket, released: Callable[[], bool]) -> None:
+        _wait(released)
+        self._kept.discard(kept)
+        _shut(kept)
+
+
+def _wait(done: Callable[[], bool]) -> None:
+    end = time.time() + TAKEN_TIMEOUT_S
+    while not done() and time.time() < end:
+        time.sleep(0.05)
 
 
 def _read(s: socket.socket, n: int) -> bytes:
