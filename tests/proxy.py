@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, END_STREAM, PADDED = 0x0, 0x1, 0x8
-TAKEN_TIMEOUT_S = 120.0  # before_close cuts (and releases) anyway after this: the test's assertions then say why
+# before_close cuts (and releases) anyway after this: the test's assertions then say why
+TAKEN_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -164,8 +165,7 @@ class CutProxy:
             pass
         finally:
             for s in (src, dst):
-                if s not in self._kept:
-                    _shut(s)
+                self._shut(s)
 
     def _transfer_frame(self, conn: int, direction: str, stream: int, header: bytes, flags: int,
                         payload: bytes, dst: socket.socket) -> bool:
@@ -211,8 +211,12 @@ class CutProxy:
             conns, self._conns = self._conns, []
         for pair in conns:
             for s in pair:
-                if s not in self._kept:
-                    _shut(s)
+                self._shut(s)
+
+    def _shut(self, s: socket.socket) -> None:
+        """Every cut goes through here: a coordinator side kept open is left to its release."""
+        if s not in self._kept:
+            _shut(s)
 
     def _release(self, kept: socket.socket, released: Callable[[], bool]) -> None:
         _wait(released)
