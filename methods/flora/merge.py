@@ -4,6 +4,9 @@ The stack of a layer holds every merged update so far as one pair of factors wit
 ``A_stack`` (R x d_in) and ``B_stack`` (d_out x R), so ``W = W0 + B_stack A_stack`` exactly.
 Both ends keep the untouched ``W0`` and set ``W`` from it (never ``W += ...`` round after
 round), so the coordinator's model and every client's hold bit-identical base weights.
+``W0`` is kept, and ``W0 + B A`` computed, on the CPU in float64 whatever device the model is
+on (the downloaded stack arrives on the CPU; the coordinator merges there): a client on a GPU
+gets the same bits as the coordinator, and the only copy to the GPU is the result.
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ class BaseMerger:
 
     def __init__(self, am: AdaptedModel) -> None:
         self.weights = base_weights(am)
-        self.original = {p: w.detach().clone() for p, w in self.weights.items()}
+        self.original = {p: w.detach().to("cpu", copy=True) for p, w in self.weights.items()}
 
     @torch.no_grad()
     def set(self, stacks: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         for path, w in self.weights.items():
             w0 = self.original[path]
             if path in stacks:
-                A, B = stacks[path]
-                w.copy_((w0.double() + B.double() @ A.double()).to(w.dtype))
+                A, B = (t.to("cpu", torch.float64) for t in stacks[path])
+                w.copy_((w0.double() + B @ A).to(w.dtype))
             else:
                 w.copy_(w0)

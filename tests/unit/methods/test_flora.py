@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from fedlora.common.config import ServerConfig
@@ -95,3 +96,19 @@ def test_the_saved_adapter_is_the_stack_and_reproduces_the_coordinators_model(ti
     loaded = PeftModel.from_pretrained(load_base(str(tiny_model), LABELS, 99), str(tmp_path / "adapter")).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**enc).logits, s.model.model(**enc).logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_client_on_a_gpu_merges_the_cpu_download_to_the_coordinators_bits(tiny_model):
+    # Seen on an H100 before the fix: every FLoRA client on CUDA died in round 2 ("Expected all
+    # tensors to be on the same device ... cuda:0 and cpu") and the run stalled.
+    s = _strategy(tiny_model)
+    _round(s, 1, {"a": 2.0, "b": 3.0})
+    download = s.configure(2, [ClientInfo("a", 0, 2, pb.DeviceProfile())])["a"].tensors
+    client_model = AdaptedModel(load_base(str(tiny_model), LABELS, s.cfg.seed), FLoRA.adapter_spec(s.cfg),
+                                TASK.peft_task_type)
+    client_model.model.to("cuda")
+    FLoRAClient(None).on_global_state(pb.Plan(), client_model, download)
+    for path, w in base_weights(client_model).items():
+        assert w.device.type == "cuda"
+        assert torch.equal(w.cpu(), base_weights(s.model)[path])
