@@ -67,13 +67,22 @@ def test_each_round_starts_a_fresh_lora_with_zero_b(tiny_model):
         assert not s.model.parameter(b).detach().any()
 
 
+def _second_round_download(s: FLoRA) -> dict[str, torch.Tensor]:
+    """Client a's round-2 download, round 1's stack in it."""
+    _round(s, 1, {"a": 2.0, "b": 3.0})
+    return s.configure(2, [ClientInfo("a", 0, 2, pb.DeviceProfile())])["a"].tensors
+
+
+def _client_model(s: FLoRA, tiny_model) -> AdaptedModel:
+    return AdaptedModel(load_base(str(tiny_model), LABELS, s.cfg.seed), FLoRA.adapter_spec(s.cfg),
+                        TASK.peft_task_type)
+
+
 def test_a_client_merging_the_download_holds_the_coordinators_base_bit_for_bit(tiny_model):
     s = _strategy(tiny_model)
-    _round(s, 1, {"a": 2.0, "b": 3.0})
-    download = s.configure(2, [ClientInfo("a", 0, 2, pb.DeviceProfile())])["a"].tensors
+    download = _second_round_download(s)
     assert any(n.startswith(STACK_PREFIX) for n in download)
-    client_model = AdaptedModel(load_base(str(tiny_model), LABELS, s.cfg.seed), FLoRA.adapter_spec(s.cfg),
-                                TASK.peft_task_type)
+    client_model = _client_model(s, tiny_model)
     hooks = FLoRAClient(None)  # the merge needs no run context
     rest = hooks.on_global_state(pb.Plan(), client_model, download)
     assert not any(n.startswith(STACK_PREFIX) for n in rest)
@@ -103,10 +112,8 @@ def test_a_client_on_a_gpu_merges_the_cpu_download_to_the_coordinators_bits(tiny
     # Seen on an H100 before the fix: every FLoRA client on CUDA died in round 2 ("Expected all
     # tensors to be on the same device ... cuda:0 and cpu") and the run stalled.
     s = _strategy(tiny_model)
-    _round(s, 1, {"a": 2.0, "b": 3.0})
-    download = s.configure(2, [ClientInfo("a", 0, 2, pb.DeviceProfile())])["a"].tensors
-    client_model = AdaptedModel(load_base(str(tiny_model), LABELS, s.cfg.seed), FLoRA.adapter_spec(s.cfg),
-                                TASK.peft_task_type)
+    download = _second_round_download(s)
+    client_model = _client_model(s, tiny_model)
     client_model.model.to("cuda")
     FLoRAClient(None).on_global_state(pb.Plan(), client_model, download)
     for path, w in base_weights(client_model).items():
